@@ -1,0 +1,3 @@
+//! OpenAI-compatible gateway with KV-cache-aware scheduling
+//!
+//! Reserved by the workspace layout (DESIGN §2); filled by its own issue.
