@@ -34,15 +34,22 @@ const NAME_LENGTH_RULE: &str = "!has(self.metadata.name) || self.spec.template.r
 size(self.metadata.name) + size(string(self.spec.replicas)) + size(r.name) + size(string(r.replicas)) \
 + size(string(r.workerReplicas + 1)) + 4 <= 63)";
 
+/// Containers per pod template the schema admits: bounds the cost of the CEL rule that sums
+/// GPU limits (the API server refuses rules whose worst-case cost over unbounded lists is too high).
+const MAX_CONTAINERS: i64 = 32;
+/// Resource names per `limits`/`requests` map, and characters per quantity, for the same reason.
+const MAX_RESOURCES: i64 = 32;
+const MAX_QUANTITY_LENGTH: i64 = 64;
+
 /// ModelServing's CRD, plus the rule that needs `metadata.name` (only reachable from the root),
-/// with the descriptions of the embedded Kubernetes PodSpecs dropped: they are documented
-/// upstream and would otherwise make the CRD over a megabyte (as `controller-gen
-/// crd:maxDescLen=0` does for the same reason).
+/// with the embedded Kubernetes PodSpecs tuned: descriptions dropped (they are documented
+/// upstream and would make the CRD over a megabyte, as `controller-gen crd:maxDescLen=0` avoids)
+/// and the lists the CEL rules walk bounded.
 fn model_serving() -> CustomResourceDefinition {
-    let mut crd = ModelServing::crd();
-    let mut value = serde_json::to_value(&crd).expect("a CRD always serialises");
-    strip_pod_spec_descriptions(&mut value, false);
-    crd = serde_json::from_value(value).expect("stripping descriptions keeps a valid CRD");
+    let mut value = serde_json::to_value(ModelServing::crd()).expect("a CRD always serialises");
+    tune_pod_spec_schemas(&mut value);
+    let mut crd: CustomResourceDefinition =
+        serde_json::from_value(value).expect("tuning keeps a valid CRD");
     for version in &mut crd.spec.versions {
         let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut())
         else {
@@ -50,9 +57,8 @@ fn model_serving() -> CustomResourceDefinition {
         };
         let rule = json!({
             "rule": NAME_LENGTH_RULE,
-            "message": "generated pod and Service names <name>-<group>-<role>-<roleIndex>-<podIndex> would exceed 63 characters: shorten metadata.name or a role name",
-            "fieldPath": ".metadata.name",
-            "reason": "FieldValueTooLong"
+            "message": "metadata.name is too long: generated pod and Service names <name>-<group>-<role>-<roleIndex>-<podIndex> would exceed 63 characters; shorten metadata.name or a role name",
+            "reason": "FieldValueInvalid"
         });
         let rules = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
         rules.push(serde_json::from_value(rule).expect("valid ValidationRule"));
@@ -60,29 +66,49 @@ fn model_serving() -> CustomResourceDefinition {
     crd
 }
 
-/// Removes `description` from every schema below a pod template's `spec`.
-fn strip_pod_spec_descriptions(value: &mut serde_json::Value, inside_pod_spec: bool) {
+/// Finds every pod template (`entryTemplate`/`workerTemplate`) and tunes its `spec` schema.
+fn tune_pod_spec_schemas(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
-            if inside_pod_spec {
-                map.remove("description");
-            }
             for (key, child) in map.iter_mut() {
-                let entering = matches!(key.as_str(), "entryTemplate" | "workerTemplate");
-                if entering {
+                if matches!(key.as_str(), "entryTemplate" | "workerTemplate") {
                     if let Some(spec) = child.pointer_mut("/properties/spec") {
-                        strip_pod_spec_descriptions(spec, true);
+                        strip_descriptions(spec);
+                        bound_pod_spec(spec);
                         continue;
                     }
                 }
-                strip_pod_spec_descriptions(child, inside_pod_spec);
+                tune_pod_spec_schemas(child);
             }
         }
-        serde_json::Value::Array(items) => {
-            for item in items {
-                strip_pod_spec_descriptions(item, inside_pod_spec);
-            }
-        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(tune_pod_spec_schemas),
         _ => {}
+    }
+}
+
+fn strip_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("description");
+            map.values_mut().for_each(strip_descriptions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
+fn bound_pod_spec(spec: &mut serde_json::Value) {
+    let Some(containers) = spec.pointer_mut("/properties/containers") else {
+        return;
+    };
+    containers["maxItems"] = json!(MAX_CONTAINERS);
+    for map in ["limits", "requests"] {
+        let pointer = format!("/items/properties/resources/properties/{map}");
+        if let Some(resources) = containers.pointer_mut(&pointer) {
+            resources["maxProperties"] = json!(MAX_RESOURCES);
+            if let Some(quantity) = resources.get_mut("additionalProperties") {
+                quantity["maxLength"] = json!(MAX_QUANTITY_LENGTH);
+            }
+        }
     }
 }

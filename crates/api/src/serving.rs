@@ -98,7 +98,7 @@ fn default_scheduler_name() -> String {
         "rule": "self.roles.all(a, self.roles.exists_one(b, b.name == a.name))",
         "message": "role names in template.roles must be unique",
         "fieldPath": ".roles",
-        "reason": "FieldValueDuplicate"
+        "reason": "FieldValueInvalid"
     }
 ]))]
 pub struct ServingGroupTemplate {
@@ -151,7 +151,7 @@ pub struct NetworkTopology {
     },
     {
         "rule": "!has(self.tensorParallelSize) || self.tensorParallelSize == (1 + self.workerReplicas) * self.entryTemplate.spec.containers.map(c, has(c.resources) && has(c.resources.limits) && 'nvidia.com/gpu' in c.resources.limits ? quantity(string(c.resources.limits['nvidia.com/gpu'])).asInteger() : 0).sum()",
-        "messageExpression": "'tensorParallelSize ' + string(self.tensorParallelSize) + ' must equal nvidia.com/gpu limits per pod × (1 + workerReplicas) = ' + string((1 + self.workerReplicas) * self.entryTemplate.spec.containers.map(c, has(c.resources) && has(c.resources.limits) && 'nvidia.com/gpu' in c.resources.limits ? quantity(string(c.resources.limits['nvidia.com/gpu'])).asInteger() : 0).sum())",
+        "message": "tensorParallelSize must equal the nvidia.com/gpu limit per pod × (1 + workerReplicas)",
         "fieldPath": ".tensorParallelSize",
         "reason": "FieldValueInvalid"
     },
@@ -257,19 +257,19 @@ pub struct RollingUpdateConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')", "message": "maxUnavailable must be a non-negative integer or a percentage like '25%'"}
-    ]))]
+    ], "maxLength" = 8))]
     pub max_unavailable: Option<IntOrString>,
     /// Extra replicas that may be created above the desired count (int or percentage, rounded up; default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')", "message": "maxSurge must be a non-negative integer or a percentage like '25%'"}
-    ]))]
+    ], "maxLength" = 8))]
     pub max_surge: Option<IntOrString>,
     /// Replicas with ordinal below this value keep the current revision (int or percentage, rounded up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')", "message": "partition must be a non-negative integer or a percentage like '50%'"}
-    ]))]
+    ], "maxLength" = 8))]
     pub partition: Option<IntOrString>,
 }
 

@@ -1,0 +1,31 @@
+# Muster: one entry point. `make test` is what CI runs (.ci/run); see README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test lint crds cluster-up cluster-down cluster-logs
+
+## Everything CI checks: formatting, clippy, CRDs up to date, unit and end-to-end tests.
+test:
+	bash hack/test.sh
+
+## Formatting, clippy -D warnings, and committed CRDs equal to what the types generate.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) run -q -p muster-api --bin crdgen -- --check
+
+## Regenerate config/crd/ from the Rust types.
+crds:
+	$(CARGO) run -q -p muster-api --bin crdgen
+
+## Start the local control plane (etcd, kube-apiserver, kube-controller-manager, vc-scheduler, kwok).
+cluster-up:
+	bash hack/cluster-up.sh
+
+## Stop it; nothing is left running or listening.
+cluster-down:
+	bash hack/cluster-down.sh
+
+## Print the tail of every component log.
+cluster-logs:
+	bash hack/print-cluster-logs.sh
