@@ -26,7 +26,11 @@ use crate::networking::DURATION_PATTERN;
     category = "muster",
     namespaced,
     status = "AutoscalingPolicyStatus",
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "Scales whole ServingGroups from metrics: homogeneous, heterogeneous by cost, or prefill/decode ratio."
 )]
 #[serde(rename_all = "camelCase")]

@@ -51,7 +51,10 @@ fn model_serving() -> CustomResourceDefinition {
     let mut crd: CustomResourceDefinition =
         serde_json::from_value(value).expect("tuning keeps a valid CRD");
     for version in &mut crd.spec.versions {
-        let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut())
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
         else {
             continue;
         };

@@ -5,6 +5,10 @@
 //! so the API server rejects a bad object with a message that names the field, before any
 //! controller sees it.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...` legitimately; clippy reads them as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod autoscaling;
 pub mod crd;
 pub mod labels;

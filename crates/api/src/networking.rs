@@ -26,9 +26,21 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
     namespaced,
     status = "ModelServerStatus",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.inferenceEngine"),
-    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.workloadPort.port"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyEndpoints"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Port",
+        type_ = "integer",
+        json_path = ".spec.workloadPort.port"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyEndpoints"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "The pods that serve one model: engine kind, port, prefill/decode grouping, traffic policy."
 )]
 #[serde(rename_all = "camelCase")]
@@ -198,7 +210,11 @@ pub struct ModelServerStatus {
     namespaced,
     status = "ModelRouteStatus",
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.modelName"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "Maps a public model name (and LoRA adapters) to ModelServers with rules and weights."
 )]
 #[serde(rename_all = "camelCase")]

@@ -144,7 +144,11 @@ pub struct PodGroupCondition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
     /// Scheduling cycle that set it.
-    #[serde(default, rename = "transitionID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "transitionID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub transition_id: Option<String>,
 }
 

@@ -21,10 +21,17 @@ fn samples() -> Vec<(String, Value)> {
         let text = std::fs::read_to_string(&path).unwrap();
         let value: Value = serde_yaml::from_str(&text)
             .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
-        out.push((path.file_name().unwrap().to_string_lossy().into_owned(), value));
+        out.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            value,
+        ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 12, "expected the full sample set, found {}", out.len());
+    assert!(
+        out.len() >= 12,
+        "expected the full sample set, found {}",
+        out.len()
+    );
     out
 }
 
@@ -35,7 +42,9 @@ fn assert_subset(original: &Value, round_tripped: &Value, path: &str) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
                 let child = format!("{path}.{k}");
-                let other = b.get(k).unwrap_or_else(|| panic!("{child} was dropped by the types"));
+                let other = b
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{child} was dropped by the types"));
                 assert_subset(v, other, &child);
             }
         }
@@ -76,10 +85,18 @@ fn every_sample_round_trips_without_losing_fields() {
         assert_subset(&value, &out, &name);
         *kinds.entry(kind).or_default() += 1;
     }
-    assert_eq!(kinds.get("ModelServing"), Some(&3), "single, 2P4D and multi-node TP samples");
+    assert_eq!(
+        kinds.get("ModelServing"),
+        Some(&3),
+        "single, 2P4D and multi-node TP samples"
+    );
     assert_eq!(kinds.get("ModelServer"), Some(&3));
     assert_eq!(kinds.get("ModelRoute"), Some(&3));
-    assert_eq!(kinds.get("AutoscalingPolicy"), Some(&3), "one policy of each kind");
+    assert_eq!(
+        kinds.get("AutoscalingPolicy"),
+        Some(&3),
+        "one policy of each kind"
+    );
 }
 
 #[test]
@@ -91,7 +108,10 @@ fn typed_defaults_match_kthena() {
     .unwrap();
     assert_eq!(ms.spec.replicas, 1);
     assert_eq!(ms.spec.scheduler_name, "volcano");
-    assert_eq!(ms.spec.recovery_policy, muster_api::serving::RecoveryPolicy::RoleRecreate);
+    assert_eq!(
+        ms.spec.recovery_policy,
+        muster_api::serving::RecoveryPolicy::RoleRecreate
+    );
     assert_eq!(ms.spec.template.roles[0].replicas, 1);
     assert_eq!(ms.spec.template.roles[0].worker_replicas, 0);
 }
@@ -114,19 +134,42 @@ fn committed_crds_match_the_types() {
 fn crds_are_structural_with_no_refs() {
     for crd in muster_api::crd::all() {
         let text = serde_json::to_string(&crd).unwrap();
-        assert!(!text.contains("\"$ref\""), "{:?} has a $ref", crd.metadata.name);
+        assert!(
+            !text.contains("\"$ref\""),
+            "{:?} has a $ref",
+            crd.metadata.name
+        );
         assert!(!text.contains("\"anyOf\"") || text.contains("x-kubernetes-int-or-string"));
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(v
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some());
     }
 }
 
 #[test]
 fn model_serving_crd_has_scale_subresource_and_short_name() {
     let crd = muster_api::crd::all().remove(0);
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["ms".to_string()][..]));
-    assert_eq!(crd.spec.names.categories.as_deref(), Some(&["muster".to_string()][..]));
-    let scale = crd.spec.versions[0].subresources.as_ref().unwrap().scale.as_ref().unwrap();
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["ms".to_string()][..])
+    );
+    assert_eq!(
+        crd.spec.names.categories.as_deref(),
+        Some(&["muster".to_string()][..])
+    );
+    let scale = crd.spec.versions[0]
+        .subresources
+        .as_ref()
+        .unwrap()
+        .scale
+        .as_ref()
+        .unwrap();
     assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-    assert_eq!(scale.label_selector_path.as_deref(), Some(".status.labelSelector"));
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.labelSelector")
+    );
 }

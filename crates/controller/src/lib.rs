@@ -1,3 +1,5 @@
-//! Muster's kube-rs controllers (ModelServing, AutoscalingPolicy, HyperNode discovery)
-//!
-//! Reserved by the workspace layout (DESIGN §2); filled by its own issue.
+//! Muster's controllers. Today: the ModelServing controller (`serving`), which expands a
+//! ModelServing into gang-scheduled ServingGroups, rolls them out and heals them.
+
+pub mod metrics;
+pub mod serving;

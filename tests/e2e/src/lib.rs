@@ -22,7 +22,10 @@ use serde_json::Value;
 
 /// Root of the repository (two levels above this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// Directory holding the cluster's kubeconfig, certificates and logs.
@@ -123,8 +126,12 @@ impl TestNamespace {
     pub async fn apply(&self, doc: &Value) -> std::result::Result<DynamicObject, kube::Error> {
         let api = self.api_for(doc).await;
         let name = doc["metadata"]["name"].as_str().expect("metadata.name");
-        api.patch(name, &PatchParams::apply("muster-e2e").force(), &Patch::Apply(doc))
-            .await
+        api.patch(
+            name,
+            &PatchParams::apply("muster-e2e").force(),
+            &Patch::Apply(doc),
+        )
+        .await
     }
 
     /// A dynamic API for the kind of `doc`, scoped to this namespace when the kind is.
@@ -152,7 +159,13 @@ impl Drop for TestNamespace {
         let _ = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(kubeconfig_path())
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
@@ -183,7 +196,9 @@ where
         }
         if start.elapsed() > timeout {
             match last_error {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             }
         }
@@ -201,12 +216,21 @@ pub struct TestNodes {
 impl TestNodes {
     /// An empty set; add nodes with [`TestNodes::add`].
     pub fn new(client: Client) -> Self {
-        TestNodes { client, names: Vec::new() }
+        TestNodes {
+            client,
+            names: Vec::new(),
+        }
     }
 
     /// Creates a kwok-managed node with `gpus` GPUs, the given labels, and a NoSchedule taint
     /// `muster.dev/e2e-pool=<pool>` so only the test's own pods (which tolerate it) land there.
-    pub async fn add(&mut self, name: &str, gpus: u32, pool: &str, labels: &[(&str, &str)]) -> Result<()> {
+    pub async fn add(
+        &mut self,
+        name: &str,
+        gpus: u32,
+        pool: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<()> {
         let mut label_map = serde_json::Map::new();
         label_map.insert("type".into(), "kwok".into());
         label_map.insert("kubernetes.io/hostname".into(), name.into());
@@ -250,7 +274,9 @@ impl Drop for TestNodes {
 
 /// Deletes a node by name (used when a test must remove capacity mid-test).
 pub async fn delete_node(client: &Client, name: &str) -> Result<()> {
-    Api::<Node>::all(client.clone()).delete(name, &DeleteParams::default()).await?;
+    Api::<Node>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await?;
     Ok(())
 }
 
@@ -260,4 +286,55 @@ pub fn api_message(err: &kube::Error) -> String {
         kube::Error::Api(resp) => resp.message.clone(),
         other => other.to_string(),
     }
+}
+
+/// A ModelServing controller running in this process, watching one namespace; stops when
+/// dropped (the test equivalent of killing the controller's pod).
+pub struct ControllerHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControllerHandle {
+    /// Starts the controller for `namespace`. Needs a multi-threaded test runtime.
+    pub fn start(client: Client, namespace: &str) -> Self {
+        let ns = namespace.to_string();
+        let task = tokio::spawn(async move {
+            let metrics = muster_controller::metrics::Metrics::new();
+            muster_controller::serving::reconcile::run(
+                client,
+                metrics,
+                Some(ns),
+                std::future::pending(),
+            )
+            .await;
+        });
+        ControllerHandle { task }
+    }
+
+    /// Stops the controller abruptly, mid-reconcile if need be.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ControllerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs kubectl against the local control plane, returning (success, stdout+stderr).
+pub fn kubectl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }

@@ -25,7 +25,9 @@ fn sample(name: &str) -> Value {
 
 fn set(doc: &mut Value, pointer: &str, value: Value) {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer with a key");
-    let target = doc.pointer_mut(parent).unwrap_or_else(|| panic!("{parent} not in sample"));
+    let target = doc
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("{parent} not in sample"));
     match target {
         Value::Object(map) => {
             map.insert(key.to_string(), value);
@@ -37,7 +39,11 @@ fn set(doc: &mut Value, pointer: &str, value: Value) {
 
 fn remove(doc: &mut Value, pointer: &str) {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
-    doc.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    doc.pointer_mut(parent)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove(key);
 }
 
 #[tokio::test]
@@ -49,7 +55,10 @@ async fn every_sample_applies_and_reads_back() {
             .create(&doc)
             .await
             .unwrap_or_else(|e| panic!("{name} rejected: {}", api_message(&e)));
-        assert_eq!(created.metadata.namespace.as_deref(), Some(ns.name.as_str()));
+        assert_eq!(
+            created.metadata.namespace.as_deref(),
+            Some(ns.name.as_str())
+        );
         // What the server stored still carries the sample's spec (nothing pruned).
         let stored = serde_json::to_value(&created).unwrap();
         let want = &doc["spec"];
@@ -63,7 +72,12 @@ async fn every_sample_applies_and_reads_back() {
 }
 
 /// (description, sample, mutation, substrings the error must contain)
-type Case = (&'static str, &'static str, fn(&mut Value), &'static [&'static str]);
+type Case = (
+    &'static str,
+    &'static str,
+    fn(&mut Value),
+    &'static [&'static str],
+);
 
 #[tokio::test]
 async fn invalid_variants_are_rejected_with_the_field_named() {
@@ -72,19 +86,37 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             "TP shape mismatch",
             "modelserving-multinode-tp.yaml",
             |d| set(d, "/spec/template/roles/0/tensorParallelSize", json!(8)),
-            &["spec.template.roles[0].tensorParallelSize", "must equal the nvidia.com/gpu limit per pod"],
+            &[
+                "spec.template.roles[0].tensorParallelSize",
+                "must equal the nvidia.com/gpu limit per pod",
+            ],
         ),
         (
             "gangPolicy key naming no role",
             "modelserving-2p4d.yaml",
-            |d| set(d, "/spec/template/gangPolicy/minRoleReplicas/router", json!(1)),
+            |d| {
+                set(
+                    d,
+                    "/spec/template/gangPolicy/minRoleReplicas/router",
+                    json!(1),
+                )
+            },
             &["spec.template.gangPolicy.minRoleReplicas", "names no role"],
         ),
         (
             "minRoleReplicas above the role's replicas",
             "modelserving-2p4d.yaml",
-            |d| set(d, "/spec/template/gangPolicy/minRoleReplicas/decode", json!(5)),
-            &["spec.template.gangPolicy.minRoleReplicas", "must not exceed"],
+            |d| {
+                set(
+                    d,
+                    "/spec/template/gangPolicy/minRoleReplicas/decode",
+                    json!(5),
+                )
+            },
+            &[
+                "spec.template.gangPolicy.minRoleReplicas",
+                "must not exceed",
+            ],
         ),
         (
             "duplicate role names",
@@ -102,25 +134,46 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             "workers without a worker template",
             "modelserving-multinode-tp.yaml",
             |d| remove(d, "/spec/template/roles/0/workerTemplate"),
-            &["spec.template.roles[0].workerTemplate", "required when workerReplicas > 0"],
+            &[
+                "spec.template.roles[0].workerTemplate",
+                "required when workerReplicas > 0",
+            ],
         ),
         (
             "maxUnavailable and maxSurge both zero",
             "modelserving-single.yaml",
-            |d| set(d, "/spec/rolloutStrategy/rollingUpdateConfiguration/maxSurge", json!(0)),
-            &["spec.rolloutStrategy.rollingUpdateConfiguration.maxSurge", "cannot both be 0"],
+            |d| {
+                set(
+                    d,
+                    "/spec/rolloutStrategy/rollingUpdateConfiguration/maxSurge",
+                    json!(0),
+                )
+            },
+            &[
+                "spec.rolloutStrategy.rollingUpdateConfiguration.maxSurge",
+                "cannot both be 0",
+            ],
         ),
         (
             "negative maxUnavailable",
             "modelserving-single.yaml",
-            |d| set(d, "/spec/rolloutStrategy/rollingUpdateConfiguration/maxUnavailable", json!(-1)),
+            |d| {
+                set(
+                    d,
+                    "/spec/rolloutStrategy/rollingUpdateConfiguration/maxUnavailable",
+                    json!(-1),
+                )
+            },
             &["maxUnavailable", "non-negative"],
         ),
         (
             "group rolling config with role rollout",
             "modelserving-single.yaml",
             |d| set(d, "/spec/rolloutStrategy/type", json!("RoleRollingUpdate")),
-            &["spec.rolloutStrategy.rollingUpdateConfiguration", "ServingGroupRollingUpdate only"],
+            &[
+                "spec.rolloutStrategy.rollingUpdateConfiguration",
+                "ServingGroupRollingUpdate only",
+            ],
         ),
         (
             "group recreate with role rollout",
@@ -137,7 +190,13 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
         (
             "generated names too long",
             "modelserving-single.yaml",
-            |d| set(d, "/metadata/name", json!("a-very-long-model-serving-name-that-keeps-going-on-and-on")),
+            |d| {
+                set(
+                    d,
+                    "/metadata/name",
+                    json!("a-very-long-model-serving-name-that-keeps-going-on-and-on"),
+                )
+            },
             &["metadata.name", "63 characters"],
         ),
         (
@@ -149,14 +208,26 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
         (
             "topology with both tier bounds",
             "modelserving-2p4d.yaml",
-            |d| set(d, "/spec/template/networkTopology/groupPolicy/highestTierName", json!("spine")),
-            &["spec.template.networkTopology.groupPolicy", "at most one of"],
+            |d| {
+                set(
+                    d,
+                    "/spec/template/networkTopology/groupPolicy/highestTierName",
+                    json!("spine"),
+                )
+            },
+            &[
+                "spec.template.networkTopology.groupPolicy",
+                "at most one of",
+            ],
         ),
         (
             "ModelServer with an empty selector",
             "modelserver-single.yaml",
             |d| set(d, "/spec/workloadSelector/matchLabels", json!({})),
-            &["spec.workloadSelector.matchLabels", "should have at least 1 properties"],
+            &[
+                "spec.workloadSelector.matchLabels",
+                "should have at least 1 properties",
+            ],
         ),
         (
             "ModelServer port out of range",
@@ -180,53 +251,97 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             "ModelRoute with neither model name nor adapters",
             "modelroute-single.yaml",
             |d| set(d, "/spec/modelName", json!("")),
-            &["spec.modelName", "set modelName or at least one of loraAdapters"],
+            &[
+                "spec.modelName",
+                "set modelName or at least one of loraAdapters",
+            ],
         ),
         (
             "ModelRoute weights on some targets only",
             "modelroute-2p4d.yaml",
             |d| remove(d, "/spec/rules/1/targetModels/1/weight"),
-            &["spec.rules[1].targetModels", "on every targetModel of a rule or on none"],
+            &[
+                "spec.rules[1].targetModels",
+                "on every targetModel of a rule or on none",
+            ],
         ),
         (
             "ModelRoute header match with two kinds",
             "modelroute-2p4d.yaml",
-            |d| set(d, "/spec/rules/0/modelMatch/headers/x-muster-canary/prefix", json!("al")),
-            &["spec.rules[0].modelMatch.headers[x-muster-canary]", "exactly one of exact, prefix, regex"],
+            |d| {
+                set(
+                    d,
+                    "/spec/rules/0/modelMatch/headers/x-muster-canary/prefix",
+                    json!("al"),
+                )
+            },
+            &[
+                "spec.rules[0].modelMatch.headers[x-muster-canary]",
+                "exactly one of exact, prefix, regex",
+            ],
         ),
         (
             "ModelRoute weight above 100",
             "modelroute-2p4d.yaml",
             |d| set(d, "/spec/rules/1/targetModels/0/weight", json!(101)),
-            &["spec.rules[1].targetModels[0].weight", "less than or equal to 100"],
+            &[
+                "spec.rules[1].targetModels[0].weight",
+                "less than or equal to 100",
+            ],
         ),
         (
             "AutoscalingPolicy with two target kinds",
             "autoscalingpolicy-homogeneous.yaml",
-            |d| set(d, "/spec/disaggregatedTarget", json!({"targetRef": {"name": "x"}, "roles": {"a": {"maxReplicas": 1}}})),
-            &["spec", "exactly one of homogeneousTarget, heterogeneousTarget, disaggregatedTarget"],
+            |d| {
+                set(
+                    d,
+                    "/spec/disaggregatedTarget",
+                    json!({"targetRef": {"name": "x"}, "roles": {"a": {"maxReplicas": 1}}}),
+                )
+            },
+            &[
+                "spec",
+                "exactly one of homogeneousTarget, heterogeneousTarget, disaggregatedTarget",
+            ],
         ),
         (
             "AutoscalingPolicy min above max",
             "autoscalingpolicy-homogeneous.yaml",
             |d| set(d, "/spec/homogeneousTarget/minReplicas", json!(9)),
-            &["spec.homogeneousTarget.minReplicas", "must not exceed maxReplicas"],
+            &[
+                "spec.homogeneousTarget.minReplicas",
+                "must not exceed maxReplicas",
+            ],
         ),
         (
             "AutoscalingPolicy metric source with two kinds",
             "autoscalingpolicy-heterogeneous.yaml",
-            |d| set(
+            |d| {
+                set(
                 d,
                 "/spec/heterogeneousTarget/params/1/target/metricSources/vllm:num_requests_running/router",
                 json!({"url": "http://127.0.0.1:9090/metrics"}),
-            ),
-            &["metricSources[vllm:num_requests_running]", "exactly one of pod, router, prometheus"],
+            )
+            },
+            &[
+                "metricSources[vllm:num_requests_running]",
+                "exactly one of pod, router, prometheus",
+            ],
         ),
         (
             "AutoscalingPolicy targeting another kind",
             "autoscalingpolicy-homogeneous.yaml",
-            |d| set(d, "/spec/homogeneousTarget/target/targetRef/kind", json!("Deployment")),
-            &["spec.homogeneousTarget.target.targetRef.kind", "must be ModelServing"],
+            |d| {
+                set(
+                    d,
+                    "/spec/homogeneousTarget/target/targetRef/kind",
+                    json!("Deployment"),
+                )
+            },
+            &[
+                "spec.homogeneousTarget.target.targetRef.kind",
+                "must be ModelServing",
+            ],
         ),
     ];
 
@@ -247,7 +362,13 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -256,9 +377,15 @@ async fn model_route_name_is_immutable() {
     let mut doc = sample("modelroute-single.yaml");
     ns.create(&doc).await.expect("create route");
     set(&mut doc, "/spec/modelName", json!("renamed"));
-    let err = ns.replace(&doc).await.expect_err("modelName change must be rejected");
+    let err = ns
+        .replace(&doc)
+        .await
+        .expect_err("modelName change must be rejected");
     let msg = api_message(&err);
-    assert!(msg.contains("spec.modelName") && msg.contains("immutable"), "{msg}");
+    assert!(
+        msg.contains("spec.modelName") && msg.contains("immutable"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -268,9 +395,13 @@ async fn scale_subresource_changes_replicas() {
     ns.create(&doc).await.expect("create");
     let api = ns.api_for(&doc).await;
     let patch = json!({"spec": {"replicas": 5}});
-    api.patch_scale("qwen-single", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-        .await
-        .expect("scale subresource accepts a replica change");
+    api.patch_scale(
+        "qwen-single",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("scale subresource accepts a replica change");
     let got = api.get("qwen-single").await.unwrap();
     assert_eq!(got.data["spec"]["replicas"], json!(5));
 }

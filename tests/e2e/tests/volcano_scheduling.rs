@@ -62,7 +62,9 @@ async fn create_gang(client: &Client, ns: &str, group: PodGroup, pods: Vec<Pod>)
         .expect("create PodGroup");
     let api = Api::<Pod>::namespaced(client.clone(), ns);
     for pod in pods {
-        api.create(&PostParams::default(), &pod).await.expect("create pod");
+        api.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
     }
 }
 
@@ -74,29 +76,48 @@ async fn gang_binds_nothing_until_the_whole_gang_fits() {
     let mut nodes = TestNodes::new(client.clone());
     // 5 nodes of 8 GPUs for a gang of 8 pods × 8 GPUs: not enough for all of them.
     for i in 0..5 {
-        nodes.add(&format!("{pool}-n{i}"), 8, &pool, &[]).await.unwrap();
+        nodes
+            .add(&format!("{pool}-n{i}"), 8, &pool, &[])
+            .await
+            .unwrap();
     }
-    let pods: Vec<Pod> = (0..8).map(|i| gang_pod(&format!("worker-{i}"), "gang8", 8, Some(&pool))).collect();
+    let pods: Vec<Pod> = (0..8)
+        .map(|i| gang_pod(&format!("worker-{i}"), "gang8", 8, Some(&pool)))
+        .collect();
     create_gang(&client, &ns.name, pod_group("gang8", 8, None), pods).await;
 
     let pod_api = Api::<Pod>::namespaced(client.clone(), &ns.name);
     let pg_api = Api::<PodGroup>::namespaced(client.clone(), &ns.name);
     // Give the scheduler many cycles to (wrongly) bind a partial gang; it must bind none, and
     // say why on the PodGroup.
-    let reason = wait_for(Duration::from_secs(30), "an Unschedulable condition on the PodGroup", || async {
-        let pg = pg_api.get("gang8").await?;
-        let conditions = pg.status.and_then(|s| s.conditions).unwrap_or_default();
-        Ok(conditions.into_iter().find(|c| c.type_.as_deref() == Some("Unschedulable")).map(|c| c.message))
-    })
+    let reason = wait_for(
+        Duration::from_secs(30),
+        "an Unschedulable condition on the PodGroup",
+        || async {
+            let pg = pg_api.get("gang8").await?;
+            let conditions = pg.status.and_then(|s| s.conditions).unwrap_or_default();
+            Ok(conditions
+                .into_iter()
+                .find(|c| c.type_.as_deref() == Some("Unschedulable"))
+                .map(|c| c.message))
+        },
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bound = bound_pods(&pod_api, "gang8").await;
-    assert!(bound.is_empty(), "partial gang bound {} pods; reason was {reason:?}", bound.len());
+    assert!(
+        bound.is_empty(),
+        "partial gang bound {} pods; reason was {reason:?}",
+        bound.len()
+    );
 
     // Three more nodes make room for the whole gang: all 8 bind.
     for i in 5..8 {
-        nodes.add(&format!("{pool}-n{i}"), 8, &pool, &[]).await.unwrap();
+        nodes
+            .add(&format!("{pool}-n{i}"), 8, &pool, &[])
+            .await
+            .unwrap();
     }
     let bound = wait_for(Duration::from_secs(60), "all 8 gang pods bound", || async {
         let bound = bound_pods(&pod_api, "gang8").await;
@@ -104,24 +125,46 @@ async fn gang_binds_nothing_until_the_whole_gang_fits() {
     })
     .await
     .unwrap();
-    let used: BTreeSet<_> = bound.iter().map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap()).collect();
-    assert_eq!(used.len(), 8, "8 GPUs per pod means one pod per node: {used:?}");
+    let used: BTreeSet<_> = bound
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        used.len(),
+        8,
+        "8 GPUs per pod means one pod per node: {used:?}"
+    );
     // kwok runs them with loopback pod IPs only.
-    let running = wait_for(Duration::from_secs(30), "pods Running with pod IPs", || async {
-        let pods = pod_api.list(&ListParams::default().labels("gang=gang8")).await?.items;
-        let ips: Vec<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
-        Ok((ips.len() == 8).then_some(ips))
-    })
+    let running = wait_for(
+        Duration::from_secs(30),
+        "pods Running with pod IPs",
+        || async {
+            let pods = pod_api
+                .list(&ListParams::default().labels("gang=gang8"))
+                .await?
+                .items;
+            let ips: Vec<String> = pods
+                .iter()
+                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                .collect();
+            Ok((ips.len() == 8).then_some(ips))
+        },
+    )
     .await
     .unwrap();
-    assert!(running.iter().all(|ip| ip.starts_with("127.")), "pod IPs outside loopback: {running:?}");
+    assert!(
+        running.iter().all(|ip| ip.starts_with("127.")),
+        "pod IPs outside loopback: {running:?}"
+    );
 }
 
 #[tokio::test]
 async fn hard_tier_one_topology_keeps_the_gang_in_one_rack() {
     let ns = TestNamespace::new("topo").await;
     let client = ns.client.clone();
-    let pods: Vec<Pod> = (0..3).map(|i| gang_pod(&format!("tp-{i}"), "tp3", 8, None)).collect();
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| gang_pod(&format!("tp-{i}"), "tp3", 8, None))
+        .collect();
     let topology = json!({"mode": "hard", "highestTierAllowed": 1});
     create_gang(&client, &ns.name, pod_group("tp3", 3, Some(topology)), pods).await;
 
@@ -135,9 +178,21 @@ async fn hard_tier_one_topology_keeps_the_gang_in_one_rack() {
     let node_api = Api::<Node>::all(client.clone());
     let mut racks = BTreeSet::new();
     for pod in &bound {
-        let node = node_api.get(pod.spec.as_ref().unwrap().node_name.as_ref().unwrap()).await.unwrap();
-        racks.insert(node.metadata.labels.unwrap_or_default().get(TOPOLOGY_RACK).cloned());
+        let node = node_api
+            .get(pod.spec.as_ref().unwrap().node_name.as_ref().unwrap())
+            .await
+            .unwrap();
+        racks.insert(
+            node.metadata
+                .labels
+                .unwrap_or_default()
+                .get(TOPOLOGY_RACK)
+                .cloned(),
+        );
     }
     assert_eq!(racks.len(), 1, "pods spread over racks {racks:?}");
-    assert!(racks.iter().next().unwrap().is_some(), "nodes carry the rack label");
+    assert!(
+        racks.iter().next().unwrap().is_some(),
+        "nodes carry the rack label"
+    );
 }

@@ -26,7 +26,8 @@ fn main() -> ExitCode {
                 stale.push(path.display().to_string());
             }
         } else {
-            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, want)) {
+            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, want))
+            {
                 eprintln!("crdgen: cannot write {}: {e}", path.display());
                 return ExitCode::FAILURE;
             }
