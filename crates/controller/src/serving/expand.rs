@@ -440,7 +440,16 @@ mod tests {
         let labels = worker.metadata.labels.as_ref().unwrap();
         assert!(!labels.contains_key(labels::ENTRY));
         assert_eq!(labels[labels::ROLE_ID], "engine-0");
-        assert_eq!(labels["app"], "deepseek-tp16", "template labels are kept");
+        assert!(
+            !labels.contains_key("app"),
+            "workers take the worker template's labels"
+        );
+        let entry = pod(&owner(), 1, "rev", &t, slots[0]);
+        assert_eq!(
+            entry.metadata.labels.as_ref().unwrap()["app"],
+            "deepseek-tp16",
+            "template labels are kept"
+        );
         let env: BTreeMap<_, _> = worker.spec.as_ref().unwrap().containers[0]
             .env
             .iter()
