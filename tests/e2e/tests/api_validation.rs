@@ -206,6 +206,18 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             &["spec.replicas", "greater than or equal to 0"],
         ),
         (
+            "role partition without role rollout",
+            "modelserving-single.yaml",
+            |d| set(d, "/spec/template/roles/0/partition", json!(1)),
+            &["spec.template.roles", "only applies with rolloutStrategy.type RoleRollingUpdate"],
+        ),
+        (
+            "role maxUnavailable above its replicas",
+            "modelserving-multinode-tp.yaml",
+            |d| set(d, "/spec/template/roles/0/maxUnavailable", json!(3)),
+            &["spec.template.roles[0].maxUnavailable", "must not exceed the role's replicas"],
+        ),
+        (
             "topology with both tier bounds",
             "modelserving-2p4d.yaml",
             |d| {
@@ -281,6 +293,12 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             ],
         ),
         (
+            "ModelRoute rate limit without a limit",
+            "modelroute-2p4d.yaml",
+            |d| set(d, "/spec/rateLimit", json!({"unit": "minute"})),
+            &["spec.rateLimit", "set inputTokensPerUnit, outputTokensPerUnit or both"],
+        ),
+        (
             "ModelRoute weight above 100",
             "modelroute-2p4d.yaml",
             |d| set(d, "/spec/rules/1/targetModels/0/weight", json!(101)),
@@ -303,6 +321,12 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
                 "spec",
                 "exactly one of homogeneousTarget, heterogeneousTarget, disaggregatedTarget",
             ],
+        ),
+        (
+            "AutoscalingPolicy without metrics",
+            "autoscalingpolicy-homogeneous.yaml",
+            |d| set(d, "/spec/metrics", json!([])),
+            &["spec.metrics", "at least one metric"],
         ),
         (
             "AutoscalingPolicy min above max",
