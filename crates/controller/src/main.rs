@@ -1,16 +1,57 @@
 //! `muster-controller`: runs Muster's controllers against the cluster in `KUBECONFIG` (or the
-//! in-cluster config) and serves `/metrics`, `/healthz` on `--metrics-addr`.
+//! in-cluster config) and serves `/metrics` and `/healthz` on `--metrics-addr`.
 
 use anyhow::Context as _;
+use muster_controller::leader::{self, LeaderConfig};
 use muster_controller::metrics::Metrics;
 use tracing_subscriber::EnvFilter;
 
+const USAGE: &str = "usage: muster-controller [--metrics-addr HOST:PORT] [--namespace NS] [--leader-elect [--lease-namespace NS]]
+  --metrics-addr     where /metrics and /healthz listen (default 127.0.0.1:8080)
+  --namespace        watch one namespace only (default: all)
+  --leader-elect     act only while holding Lease muster-controller (for several replicas)
+  --lease-namespace  namespace of that Lease (default: $POD_NAMESPACE or default)";
+
+struct Args {
+    metrics_addr: String,
+    namespace: Option<String>,
+    leader_elect: bool,
+    lease_namespace: String,
+}
+
+fn parse_args() -> anyhow::Result<Option<Args>> {
+    let mut out = Args {
+        metrics_addr: "127.0.0.1:8080".into(),
+        namespace: None,
+        leader_elect: false,
+        lease_namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| {
+            args.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--metrics-addr" => out.metrics_addr = value("--metrics-addr")?,
+            "--namespace" => out.namespace = Some(value("--namespace")?),
+            "--leader-elect" => out.leader_elect = true,
+            "--lease-namespace" => out.lease_namespace = value("--lease-namespace")?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(Some(out))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let json = std::env::var("MUSTER_LOG_FORMAT").is_ok_and(|v| v == "json");
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    if json {
+    if std::env::var("MUSTER_LOG_FORMAT").is_ok_and(|v| v == "json") {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .json()
@@ -18,30 +59,17 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let mut metrics_addr = "127.0.0.1:8080".to_string();
-    let mut namespace = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--metrics-addr" => {
-                metrics_addr = args.next().context("--metrics-addr needs an address")?
-            }
-            "--namespace" => namespace = Some(args.next().context("--namespace needs a name")?),
-            "-h" | "--help" => {
-                println!("usage: muster-controller [--metrics-addr HOST:PORT (default 127.0.0.1:8080)] [--namespace NS (default: all)]");
-                return Ok(());
-            }
-            other => anyhow::bail!("unknown argument {other:?}; see --help"),
-        }
-    }
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let metrics = Metrics::new();
 
-    let listener = tokio::net::TcpListener::bind(&metrics_addr)
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
         .await
-        .with_context(|| format!("binding {metrics_addr}"))?;
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
     let m = metrics.clone();
     let app = axum::Router::new()
         .route(
@@ -50,17 +78,36 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    tracing::info!(%metrics_addr, "muster-controller started");
+    tracing::info!(metrics_addr = %args.metrics_addr, "muster-controller started");
 
-    let shutdown = async {
+    let leadership = if args.leader_elect {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("muster-controller-{}", std::process::id()));
+        let config = LeaderConfig {
+            lease_name: "muster-controller".into(),
+            namespace: args.lease_namespace.clone(),
+            identity,
+        };
+        Some(leader::acquire(client.clone(), &config).await?)
+    } else {
+        None
+    };
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
+        let lost = async move {
+            match leadership {
+                Some(rx) => leader::lost(rx).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
+            _ = lost => {},
         }
         tracing::info!("shutting down");
     };
-    muster_controller::serving::reconcile::run(client, metrics, namespace, shutdown).await;
+    muster_controller::serving::reconcile::run(client, metrics, args.namespace, shutdown).await;
     Ok(())
 }

@@ -49,6 +49,7 @@ impl World {
             services: self.services.values().cloned().collect(),
             pod_groups: self.pod_groups.values().cloned().collect(),
             revisions: self.revisions.values().cloned().collect(),
+            disruption_budget: None,
             now: self.now,
         }
     }

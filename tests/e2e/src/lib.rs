@@ -338,3 +338,24 @@ pub fn kubectl(args: &[&str]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// Path of a workspace binary (`target/debug/<name>`), building it first if it is missing
+/// (`cargo test --workspace` builds it already; `cargo test -p muster-e2e` may not).
+pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", package, "--bin", name])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {name} failed"
+        );
+    }
+    path
+}

@@ -209,13 +209,19 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             "role partition without role rollout",
             "modelserving-single.yaml",
             |d| set(d, "/spec/template/roles/0/partition", json!(1)),
-            &["spec.template.roles", "only applies with rolloutStrategy.type RoleRollingUpdate"],
+            &[
+                "spec.template.roles",
+                "only applies with rolloutStrategy.type RoleRollingUpdate",
+            ],
         ),
         (
             "role maxUnavailable above its replicas",
             "modelserving-multinode-tp.yaml",
             |d| set(d, "/spec/template/roles/0/maxUnavailable", json!(3)),
-            &["spec.template.roles[0].maxUnavailable", "must not exceed the role's replicas"],
+            &[
+                "spec.template.roles[0].maxUnavailable",
+                "must not exceed the role's replicas",
+            ],
         ),
         (
             "topology with both tier bounds",
@@ -296,7 +302,10 @@ async fn invalid_variants_are_rejected_with_the_field_named() {
             "ModelRoute rate limit without a limit",
             "modelroute-2p4d.yaml",
             |d| set(d, "/spec/rateLimit", json!({"unit": "minute"})),
-            &["spec.rateLimit", "set inputTokensPerUnit, outputTokensPerUnit or both"],
+            &[
+                "spec.rateLimit",
+                "set inputTokensPerUnit, outputTokensPerUnit or both",
+            ],
         ),
         (
             "ModelRoute weight above 100",

@@ -137,6 +137,18 @@ async fn two_p_four_d_is_gang_scheduled_and_becomes_available() {
         .items;
     assert_eq!(services.len(), 6, "one headless Service per role instance");
 
+    let pdb = Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(
+        ns.client.clone(),
+        &ns.name,
+    )
+    .get("llama-2p4d")
+    .await
+    .expect("a PodDisruptionBudget guards the groups");
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+
     wait_available(&ns, "llama-2p4d").await;
     let (ok, out) = kubectl(&[
         "wait",

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use muster_api::labels::{self, env};
 use muster_api::serving::{PodTemplateSpec, Role};
 use muster_api::volcano::{PodGroup, PodGroupSpec, SubGroupPolicySpec};
@@ -369,6 +371,26 @@ pub fn service(owner: &Owner, group: i32, revision: &str, role: &str, role_index
             selector: Some(selector),
             // A headless Service without ports is valid and keeps DNS A records for the pod.
             ports: None::<Vec<ServicePort>>,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// One PodDisruptionBudget per ModelServing: voluntary evictions (node drains) may take one
+/// pod at a time. Every pod of a gang matters, so one evicted pod already costs a whole group;
+/// allowing more would let a drain break several groups at once.
+pub fn disruption_budget(owner: &Owner) -> PodDisruptionBudget {
+    let mut labels = BTreeMap::new();
+    labels.insert(labels::MODEL_SERVING_NAME.to_string(), owner.name.clone());
+    PodDisruptionBudget {
+        metadata: owner.meta(owner.name.clone(), labels.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         status: None,

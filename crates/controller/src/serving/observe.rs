@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use muster_api::labels;
 use muster_api::serving::ModelServing;
 use muster_api::volcano::PodGroup;
@@ -23,6 +24,8 @@ pub struct Observed {
     pub pod_groups: Vec<PodGroup>,
     /// ControllerRevisions labelled with its name.
     pub revisions: Vec<ControllerRevision>,
+    /// Its PodDisruptionBudget, if one exists.
+    pub disruption_budget: Option<PodDisruptionBudget>,
     /// Current time, unix seconds (passed in so planning stays a pure function).
     pub now: i64,
 }

@@ -30,6 +30,8 @@ pub struct Plan {
     pub apply_pod_groups: Vec<PodGroup>,
     /// Services to create.
     pub create_services: Vec<Service>,
+    /// The PodDisruptionBudget, when missing or different.
+    pub apply_disruption_budget: Option<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
     /// Pods to create.
     pub create_pods: Vec<Pod>,
     /// Objects to delete.
@@ -322,6 +324,16 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
             grace,
             observed.now,
         );
+    }
+
+    let budget = expand::disruption_budget(&owner);
+    if observed
+        .disruption_budget
+        .as_ref()
+        .and_then(|b| b.spec.as_ref())
+        != budget.spec.as_ref()
+    {
+        plan.apply_disruption_budget = Some(budget);
     }
 
     plan.status = status::model_serving_status(

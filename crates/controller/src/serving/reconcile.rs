@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -190,6 +191,11 @@ async fn observe(
             .into_iter()
             .filter(|o| ours(&o.metadata))
             .collect(),
+        disruption_budget: Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(kube_err("get poddisruptionbudget"))?
+            .filter(|b| ours(&b.metadata)),
         now: k8s_openapi::jiff::Timestamp::now().as_second(),
     })
 }
@@ -219,6 +225,15 @@ async fn apply(ctx: &Context, ms: &ModelServing, ns: &str, plan: &Plan) -> Resul
             .patch(&name, &ssa, &Patch::Apply(&body))
             .await
             .map_err(kube_err(format!("apply podgroup {name}")))?;
+    }
+    if let Some(pdb) = &plan.apply_disruption_budget {
+        let mut body = serde_json::to_value(pdb).expect("PDB serialises");
+        body["apiVersion"] = json!("policy/v1");
+        body["kind"] = json!("PodDisruptionBudget");
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+            .patch(&ms.name_any(), &ssa, &Patch::Apply(&body))
+            .await
+            .map_err(kube_err("apply poddisruptionbudget"))?;
     }
     let svc_api = Api::<Service>::namespaced(client.clone(), ns);
     for svc in &plan.create_services {

@@ -1,0 +1,56 @@
+//! Leader election over a `coordination.k8s.io` Lease, so several controller replicas can run
+//! for availability while exactly one acts. Losing the lease ends the process: a restarted
+//! replica rebuilds everything from the API server (the planner keeps no state), which is
+//! simpler and safer than trying to stop a controller halfway through a reconcile.
+
+use anyhow::Context as _;
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+/// Lease settings.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    /// Lease name.
+    pub lease_name: String,
+    /// Namespace holding the Lease.
+    pub namespace: String,
+    /// This replica's identity (pod name).
+    pub identity: String,
+}
+
+/// Waits until this replica holds the lease. Returns a receiver that turns `false` if the
+/// lease is lost; the caller must stop acting then.
+pub async fn acquire(
+    client: Client,
+    config: &LeaderConfig,
+) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let manager = LeaseManagerBuilder::new(client, &config.lease_name)
+        .with_namespace(&config.namespace)
+        .with_identity(&config.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(muster_api::labels::FIELD_MANAGER)
+        .build()
+        .await
+        .with_context(|| format!("preparing Lease {}/{}", config.namespace, config.lease_name))?;
+    let (mut leader, task) = manager.watch().await;
+    // The watch task must outlive this function; dropping the handle does not stop it.
+    drop(task);
+    info!(lease = %config.lease_name, identity = %config.identity, "waiting to become leader");
+    while !*leader.borrow_and_update() {
+        leader.changed().await.context("lease watcher stopped")?;
+    }
+    info!(identity = %config.identity, "became leader");
+    Ok(leader)
+}
+
+/// Resolves when `leader` turns false (or its watcher dies).
+pub async fn lost(mut leader: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if leader.changed().await.is_err() || !*leader.borrow() {
+            warn!("lost leadership");
+            return;
+        }
+    }
+}

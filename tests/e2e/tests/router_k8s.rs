@@ -1,0 +1,371 @@
+//! The router in Kubernetes mode on the local control plane: a ModelServer selects kwok pods
+//! (loopback pod IPs) that one engine simulator serves from `0.0.0.0:<port>`; adding and
+//! removing pods changes the router's endpoints within seconds, and the router writes the
+//! counts and conditions to ModelServer/ModelRoute status.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use muster_api::networking::{ModelRoute, ModelServer};
+use muster_e2e::{kubeconfig_path, wait_for, TestNamespace, TestNodes};
+use serde_json::{json, Value};
+
+const ENGINE_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
+
+/// A workspace binary. `cargo test --workspace` builds both (their packages have integration
+/// tests); when this package's tests run alone, missing ones are built once. An existing
+/// binary is used as is: rebuilding it here with this package's feature set would relink it
+/// on every run.
+fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            for package in ["muster-router", "muster-engine-sim"] {
+                let status = Command::new(env!("CARGO"))
+                    .args(["build", "--quiet", "-p", package, "--bin", package])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .status()
+                    .expect("cargo build");
+                assert!(status.success(), "building {package} failed");
+            }
+        });
+    }
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// A child process killed on drop, with the addresses it printed.
+struct Proc {
+    child: Child,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, prefixes: &[&str]) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = vec![None; prefixes.len()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while addrs.iter().any(Option::is_none) {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("process printed its addresses");
+            let mut parts = line.split_whitespace();
+            if let (Some(p), Some(a)) = (parts.next(), parts.next()) {
+                if let Some(i) = prefixes.iter().position(|x| *x == p) {
+                    addrs[i] = Some(a.parse().unwrap());
+                }
+            }
+        }
+        Proc {
+            child,
+            addrs: addrs.into_iter().map(Option::unwrap).collect(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.0 exchange (the server closes the connection, so no chunked decoding needed).
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    assert!(
+        addr.ip().is_loopback(),
+        "tests only talk to loopback, not {addr}"
+    );
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn pod(name: &str, node: &str, pool: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "llama"}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"key": "muster.dev/e2e-pool", "operator": "Equal", "value": pool, "effect": "NoSchedule"}],
+            "containers": [{"name": "engine", "image": "muster/engine-sim:latest"}]
+        }
+    }))
+    .unwrap()
+}
+
+fn chat() -> Value {
+    json!({"model": "llama", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3, "ignore_eos": true})
+}
+
+/// The router's endpoints for the test's ModelServer, as pod names.
+fn router_endpoints(admin: SocketAddr) -> Vec<String> {
+    let (status, body) = http(admin, "GET", "/debug/endpoints", None);
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn server_counts(api: &Api<ModelServer>) -> anyhow::Result<Option<(i32, i32, String)>> {
+    let s = api.get("llama").await?;
+    Ok(s.status.map(|st| {
+        let ready = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status.clone())
+            .unwrap_or_default();
+        (st.total_endpoints, st.ready_endpoints, ready)
+    }))
+}
+
+#[tokio::test]
+async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
+    let ns = TestNamespace::new("router").await;
+    let client = ns.client.clone();
+    let pool = ns.name.clone();
+    let node = format!("{pool}-n0");
+    let mut nodes = TestNodes::new(client.clone());
+    nodes.add(&node, 8, &pool, &[]).await.unwrap();
+
+    // One simulator process plays every pod: it keys an engine by the local (pod) IP.
+    let sim = Proc::spawn(
+        Command::new(binary("muster-engine-sim"))
+            .args(["--listen", "0.0.0.0:0", "--time-scale", "50"])
+            .env("RUST_LOG", "error"),
+        &["LISTENING"],
+    );
+    let port = sim.addrs[0].port();
+
+    ns.create(&json!({
+        "apiVersion": "networking.muster.dev/v1alpha1", "kind": "ModelServer",
+        "metadata": {"name": "llama"},
+        "spec": {"model": ENGINE_MODEL, "inferenceEngine": "vLLM",
+                 "workloadSelector": {"matchLabels": {"app": "llama"}},
+                 "workloadPort": {"port": port}}
+    }))
+    .await
+    .expect("create ModelServer");
+    ns.create(&json!({
+        "apiVersion": "networking.muster.dev/v1alpha1", "kind": "ModelRoute",
+        "metadata": {"name": "llama"},
+        "spec": {"modelName": "llama", "rules": [{"targetModels": [{"modelServerName": "llama"}]}]}
+    }))
+    .await
+    .expect("create ModelRoute");
+
+    let router = Proc::spawn(
+        Command::new(binary("muster-router"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--namespace", &ns.name, "--metrics-interval", "200ms"])
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "warn"),
+        &["LISTENING", "ADMIN"],
+    );
+    let (public, admin) = (router.addrs[0], router.addrs[1]);
+    wait_for(
+        Duration::from_secs(30),
+        "router ready after the first sync",
+        || async move { Ok((http(admin, "GET", "/readyz", None).0 == 200).then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // No pods yet: an honest 503, and status says why.
+    let (status, body) = http(public, "POST", "/v1/chat/completions", Some(&chat()));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no Ready endpoints") || body.contains("no_healthy_upstream"),
+        "{body}"
+    );
+    let servers: Api<ModelServer> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        Duration::from_secs(15),
+        "ModelServer status with 0 endpoints",
+        || {
+            let servers = servers.clone();
+            async move {
+                Ok(server_counts(&servers)
+                    .await?
+                    .filter(|c| c.0 == 0 && c.2 == "False"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for i in 0..2 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("llama-{i}"), &node, &pool),
+        )
+        .await
+        .unwrap();
+    }
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(30),
+        "2 endpoints in the router",
+        || async move { Ok((router_endpoints(admin).len() == 2).then_some(())) },
+    )
+    .await
+    .unwrap();
+    eprintln!("2 pods became endpoints {:?} after creation", t.elapsed());
+    wait_for(
+        Duration::from_secs(15),
+        "ModelServer status 2/2 Ready",
+        || {
+            let servers = servers.clone();
+            async move {
+                Ok(server_counts(&servers)
+                    .await?
+                    .filter(|c| *c == (2, 2, "True".into())))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let routes: Api<ModelRoute> = Api::namespaced(client.clone(), &ns.name);
+    let route = routes.get("llama").await.unwrap();
+    let conds: Vec<(String, String)> = route
+        .status
+        .expect("ModelRoute status written")
+        .conditions
+        .into_iter()
+        .map(|c| (c.type_, c.status))
+        .collect();
+    assert_eq!(
+        conds,
+        [
+            ("Accepted".into(), "True".into()),
+            ("Ready".into(), "True".into())
+        ]
+    );
+
+    // Traffic reaches both pods, by their loopback pod IPs.
+    for _ in 0..20 {
+        let (status, body) = http(public, "POST", "/v1/chat/completions", Some(&chat()));
+        assert_eq!(status, 200, "{body}");
+    }
+    for p in pods.list(&Default::default()).await.unwrap().items {
+        let ip: std::net::IpAddr = p.status.unwrap().pod_ip.unwrap().parse().unwrap();
+        assert!(ip.is_loopback(), "pod IP {ip} outside loopback");
+        let (_, metrics) = http(SocketAddr::new(ip, port), "GET", "/metrics", None);
+        let served: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("vllm:request_success_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(served > 0.0, "pod {ip} got no traffic");
+    }
+
+    // Scale up: a third pod is routable within seconds.
+    pods.create(&PostParams::default(), &pod("llama-2", &node, &pool))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    wait_for(Duration::from_secs(15), "3 endpoints", || async move {
+        Ok((router_endpoints(admin).len() == 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    let up = t.elapsed();
+    wait_for(Duration::from_secs(15), "ModelServer status 3/3", || {
+        let servers = servers.clone();
+        async move {
+            Ok(server_counts(&servers)
+                .await?
+                .filter(|c| c.0 == 3 && c.1 == 3))
+        }
+    })
+    .await
+    .unwrap();
+
+    // Scale down: a deleted pod stops receiving traffic as soon as it is terminating.
+    pods.delete("llama-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    wait_for(Duration::from_secs(15), "llama-0 removed", || async move {
+        Ok((router_endpoints(admin) == ["llama-1", "llama-2"]).then_some(()))
+    })
+    .await
+    .unwrap();
+    let down = t.elapsed();
+    eprintln!("scale-up visible after {up:?}, scale-down after {down:?}");
+    assert!(
+        up < Duration::from_secs(5) && down < Duration::from_secs(5),
+        "{up:?} {down:?}"
+    );
+    for _ in 0..10 {
+        let (status, body) = http(public, "POST", "/v1/chat/completions", Some(&chat()));
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_for(
+        Duration::from_secs(15),
+        "ModelServer status 2/2 after delete",
+        || {
+            let servers = servers.clone();
+            async move {
+                Ok(server_counts(&servers)
+                    .await?
+                    .filter(|c| c.0 == 2 && c.1 == 2))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
