@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint crds cluster-up cluster-down cluster-logs
+.PHONY: test lint crds cluster-up cluster-down cluster-logs bench-controller
 
 ## Everything CI checks: formatting, clippy, CRDs up to date, unit and end-to-end tests.
 test:
@@ -29,3 +29,9 @@ cluster-down:
 ## Print the tail of every component log.
 cluster-logs:
 	bash hack/print-cluster-logs.sh
+
+## Controller scale benchmark on the local control plane (200 ModelServings x 4 groups).
+bench-controller:
+	bash hack/cluster-up.sh
+	$(CARGO) build -q -p muster-controller --bin muster-controller
+	$(CARGO) run -q -p muster-e2e --bin bench-controller -- $(BENCH_ARGS)
