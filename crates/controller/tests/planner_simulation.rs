@@ -348,3 +348,75 @@ fn failed_pod_waits_for_the_grace_period_then_its_role_is_rebuilt() {
         "RoleRecreate rebuilds exactly the failed pod's role instance"
     );
 }
+
+#[test]
+fn role_rolling_update_replaces_only_the_changed_role_one_instance_at_a_time() {
+    let mut ms = sample(2, &[(3, 1), (2, 0)], 0, 1, 0);
+    ms.spec.rollout_strategy = Some(RolloutStrategy {
+        type_: muster_api::serving::RolloutStrategyType::RoleRollingUpdate,
+        rolling_update_configuration: None,
+    });
+    // Role 0 keeps instance 0 on the old template (role-level partition 1).
+    ms.spec.template.roles[0].rolling_update.partition = Some(IntOrString::Int(1));
+    let mut world = World::new(ms);
+    converge(&mut world, |_, _| {});
+    let uid_of = |w: &World| -> BTreeMap<String, String> {
+        w.pods
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    p.metadata.labels.as_ref().unwrap()[labels::ROLE_TEMPLATE_HASH].clone(),
+                )
+            })
+            .collect()
+    };
+    let before = uid_of(&world);
+    let groups_before: Vec<i32> = world.groups().keys().copied().collect();
+
+    world.ms.spec.template.roles[0]
+        .entry_template
+        .spec
+        .containers[0]
+        .image = Some("engine:v2".into());
+    let mut max_role0_instances_down = 0;
+    converge(&mut world, |w, plan| {
+        let mut down: BTreeMap<String, usize> = BTreeMap::new();
+        for d in &plan.deletes {
+            let Delete::Pod(name) = d else {
+                panic!("role rollout deleted a {d:?}")
+            };
+            assert!(
+                name.contains("-role0-"),
+                "only role0 changes, but {name} was deleted"
+            );
+            assert!(
+                !name.contains("-role0-0-"),
+                "role0 instance 0 is below the role partition: {name}"
+            );
+            let group = name.split('-').nth(2).unwrap().to_string();
+            *down.entry(group).or_default() += 1;
+        }
+        // One instance (entry + worker = 2 pods) per group at a time.
+        for (_, pods) in down {
+            max_role0_instances_down = max_role0_instances_down.max(pods / 2);
+        }
+        assert_eq!(
+            w.groups().keys().copied().collect::<Vec<_>>(),
+            groups_before,
+            "groups are never replaced whole"
+        );
+    });
+    assert_eq!(max_role0_instances_down, 1);
+    let after = uid_of(&world);
+    for (name, hash) in &after {
+        let changed = before[name] != *hash;
+        let should = name.contains("-role0-") && !name.contains("-role0-0-");
+        assert_eq!(changed, should, "{name}: changed={changed}");
+    }
+    let status = world.ms.status.clone().unwrap();
+    assert_eq!(
+        status.updated_replicas, 2,
+        "groups count as updated once every unprotected instance is"
+    );
+}

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use muster_api::serving::{ModelServing, RecoveryPolicy};
+use muster_api::serving::{ModelServing, RecoveryPolicy, RolloutStrategyType};
 use muster_api::volcano::PodGroup;
 
 use super::expand::{self, Owner, PodSlot};
@@ -164,6 +164,11 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
     let previous_current = ms.status.as_ref().and_then(|s| s.current_revision.clone());
 
     let bounds = rollout_bounds(ms);
+    let role_rolling = ms
+        .spec
+        .rollout_strategy
+        .as_ref()
+        .is_some_and(|r| r.type_ == RolloutStrategyType::RoleRollingUpdate);
     let replicas = ms.spec.replicas.max(0);
     let groups = observe::group_objects(observed);
 
@@ -192,7 +197,7 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
         !outdated.is_empty() || previous_current.as_deref().is_some_and(|c| c != update_rev);
     let pending = health
         .iter()
-        .filter(|(i, h)| **i >= bounds.partition && (h.revision != update_rev || !h.ready))
+        .filter(|(i, h)| **i >= bounds.partition && (!h.updated_to(&update_rev) || !h.ready))
         .count() as i32;
     let surge = if rolling {
         bounds.max_surge.min(pending)
@@ -235,6 +240,24 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
         .collect();
     candidates.sort_by_key(|i| (health[i].ready, -*i));
     let mut replacing: BTreeSet<i32> = BTreeSet::new();
+    if role_rolling {
+        // Role-level rollouts never replace whole groups: an outdated group adopts the update
+        // revision (its PodGroup is re-applied) and step 4 then replaces its role instances
+        // one by one within each role's partition and maxUnavailable.
+        for i in candidates.drain(..) {
+            replacing.insert(i);
+            plan.apply_pod_groups
+                .push(expand::pod_group(&owner, i, &update_rev, &update_template));
+            plan.events.push(PlannedEvent {
+                warning: false,
+                reason: "RollingUpdate".into(),
+                note: format!(
+                    "group {} moves to revision {update_rev} role by role",
+                    naming::group_name(&owner.name, i)
+                ),
+            });
+        }
+    }
     for i in candidates {
         if health[&i].ready {
             if ready_left - 1 < min_available {
@@ -323,6 +346,7 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
             recovery,
             grace,
             observed.now,
+            role_rolling,
         );
     }
 
@@ -416,6 +440,7 @@ fn maintain_group(
     recovery: RecoveryPolicy,
     grace: i64,
     now: i64,
+    role_rolling: bool,
 ) {
     // PodGroup first: pods without their gang would be scheduled one by one.
     let desired_pg = expand::pod_group(owner, index, rev, template);
@@ -485,7 +510,8 @@ fn maintain_group(
                     .as_ref()
                     .and_then(|l| l.get(muster_api::labels::REVISION))
                     .map(String::as_str)
-                    != Some(rev) =>
+                    != Some(rev)
+                    && !role_rolling =>
             {
                 SlotState::FailedExpired
             }
@@ -571,6 +597,95 @@ fn maintain_group(
             note: format!("a pod failed or disappeared; recreating the {what} ({recovery:?})"),
         });
     }
+    if role_rolling {
+        roll_role_instances(plan, owner, index, rev, template, objects);
+    }
+}
+
+/// Role-level rolling update inside one group: per role, outdated role instances (a pod whose
+/// role-template hash or revision differs) at or above the role's `partition` lose their pods,
+/// not-ready ones first, ready ones only while `replicas − maxUnavailable` instances of the role
+/// stay ready. The recovery step rebuilds them from the group's (update) template.
+fn roll_role_instances(
+    plan: &mut Plan,
+    owner: &Owner,
+    index: i32,
+    rev: &str,
+    template: &RevisionTemplate,
+    objects: &GroupObjects<'_>,
+) {
+    for role in &template.template.roles {
+        let hash = template.role_hash(role);
+        let partition = resolve(
+            role.rolling_update.partition.as_ref(),
+            role.replicas,
+            0,
+            true,
+        );
+        let max_unavailable = resolve(
+            role.rolling_update.max_unavailable.as_ref(),
+            role.replicas,
+            1,
+            false,
+        )
+        .max(1);
+        let mut ready = 0;
+        let mut outdated: Vec<(bool, i32, Vec<String>)> = Vec::new();
+        for r in 0..role.replicas {
+            let names: Vec<String> = (0..expand::pods_per_instance(role))
+                .map(|i| naming::pod_name(&owner.name, index, &role.name, r, i))
+                .collect();
+            let pods: Vec<&Pod> = names
+                .iter()
+                .filter_map(|n| objects.pods.get(n).copied())
+                .collect();
+            let instance_ready =
+                pods.len() == names.len() && pods.iter().all(|p| observe::pod_ready(p));
+            ready += i32::from(instance_ready);
+            let stale = pods
+                .iter()
+                .any(|p| !observe::is_terminating(&p.metadata) && !pod_matches(p, rev, &hash));
+            if stale && r >= partition {
+                outdated.push((instance_ready, r, names));
+            }
+        }
+        outdated.sort_by_key(|(is_ready, r, _)| (*is_ready, -*r));
+        let mut budget = ready - (role.replicas - max_unavailable);
+        for (is_ready, r, names) in outdated {
+            if is_ready {
+                if budget <= 0 {
+                    break;
+                }
+                budget -= 1;
+            }
+            for name in names {
+                let live = objects
+                    .pods
+                    .get(&name)
+                    .is_some_and(|p| !observe::is_terminating(&p.metadata));
+                if live && !plan.deletes.contains(&Delete::Pod(name.clone())) {
+                    plan.deletes.push(Delete::Pod(name));
+                }
+            }
+            plan.events.push(PlannedEvent {
+                warning: false,
+                reason: "RollingUpdate".into(),
+                note: format!(
+                    "replacing role instance {} of group {}",
+                    naming::role_id(&role.name, r),
+                    naming::group_name(&owner.name, index)
+                ),
+            });
+        }
+    }
+}
+
+/// True when a pod was built from revision `rev` and role-template hash `hash`.
+pub(crate) fn pod_matches(pod: &Pod, rev: &str, hash: &str) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    get(muster_api::labels::REVISION) == Some(rev)
+        || get(muster_api::labels::ROLE_TEMPLATE_HASH) == Some(hash)
 }
 
 /// Revisions no live group uses and that are neither current nor the update revision, oldest

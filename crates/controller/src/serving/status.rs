@@ -30,6 +30,16 @@ pub struct GroupHealth {
     pub failed: bool,
     /// Per-role counts.
     pub roles: Vec<RoleStatus>,
+    /// Role instances (at or above their role's partition) still running pods of an older
+    /// role template: a role-level rollout has not reached them yet.
+    pub stale_instances: i32,
+}
+
+impl GroupHealth {
+    /// Runs `update_rev` in every pod a rollout is meant to reach.
+    pub fn updated_to(&self, update_rev: &str) -> bool {
+        self.revision == update_rev && self.stale_instances == 0
+    }
 }
 
 /// Assesses a group against the template of its own revision.
@@ -44,9 +54,25 @@ pub fn group_health(
     let mut any_failed = None;
     let mut any_unscheduled = false;
     let mut roles = Vec::new();
+    let mut stale_instances = 0;
     for role in &template.template.roles {
+        let hash = template.role_hash(role);
+        let partition = super::plan::resolve(
+            role.rolling_update.partition.as_ref(),
+            role.replicas,
+            0,
+            true,
+        );
         let mut ready_instances = 0;
         for r in 0..role.replicas {
+            let stale = (0..expand::pods_per_instance(role)).any(|i| {
+                let name = naming::pod_name(&owner.name, index, &role.name, r, i);
+                objects.pods.get(&name).is_some_and(|p| {
+                    !observe::is_terminating(&p.metadata)
+                        && !super::plan::pod_matches(p, rev, &hash)
+                })
+            });
+            stale_instances += i32::from(stale && r >= partition);
             let mut instance_ready = true;
             for i in 0..expand::pods_per_instance(role) {
                 let name = naming::pod_name(&owner.name, index, &role.name, r, i);
@@ -110,6 +136,7 @@ pub fn group_health(
         unschedulable,
         failed: any_failed.is_some(),
         roles,
+        stale_instances,
     }
 }
 
@@ -129,16 +156,16 @@ pub fn model_serving_status(
         .iter()
         .filter(|(i, h)| h.ready && !deleting.contains(i))
         .count() as i32;
-    let updated = health.values().filter(|h| h.revision == update_rev).count() as i32;
+    let updated = health.values().filter(|h| h.updated_to(update_rev)).count() as i32;
     let outdated: Vec<i32> = health
         .iter()
-        .filter(|(i, h)| **i >= bounds.partition && h.revision != update_rev)
+        .filter(|(i, h)| **i >= bounds.partition && !h.updated_to(update_rev))
         .map(|(i, _)| *i)
         .collect();
     // The rollout is complete (current revision = update revision) once every group runs the
     // update revision and is ready.
     let all_updated = health.len() as i32 >= replicas
-        && health.values().all(|h| h.revision == update_rev && h.ready);
+        && health.values().all(|h| h.updated_to(update_rev) && h.ready);
     let current_rev = match previous_current {
         Some(previous) if !all_updated => previous.to_string(),
         _ => update_rev.to_string(),
