@@ -529,3 +529,89 @@ async fn partitioned_rollout_with_surge_never_drops_capacity() {
     assert_eq!(ms.current_revision.as_deref(), Some(new_rev.as_str()));
     assert_eq!(ms.updated_replicas, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_rolling_update_replaces_only_the_changed_role_keeping_the_group() {
+    let ns = TestNamespace::new("ms-rolerl").await;
+    let _controller = ControllerHandle::start(ns.client.clone(), &ns.name);
+    let mut doc = load_yaml("config/samples/modelserving-2p4d.yaml");
+    doc["spec"]["rolloutStrategy"] = json!({"type": "RoleRollingUpdate"});
+    doc["spec"]["recoveryPolicy"] = json!("RoleRecreate");
+    ns.create(&doc).await.expect("create");
+    wait_available(&ns, "llama-2p4d").await;
+    let uids = |pods: &[Pod]| -> std::collections::BTreeMap<String, String> {
+        pods.iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap(),
+                    p.metadata.uid.clone().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = uids(&live_pods(&ns, "llama-2p4d").await);
+    let pg_uid = Api::<PodGroup>::namespaced(ns.client.clone(), &ns.name)
+        .get("llama-2p4d-0")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+
+    let mut roles = doc["spec"]["template"]["roles"].clone();
+    roles[1]["entryTemplate"]["spec"]["containers"][0]["image"] = json!("muster/engine-sim:v2");
+    Api::<ModelServing>::namespaced(ns.client.clone(), &ns.name)
+        .patch(
+            "llama-2p4d",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"roles": roles}}})),
+        )
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let pods = live_pods(&ns, "llama-2p4d").await;
+        let ready_decode = pods
+            .iter()
+            .filter(|p| p.metadata.name.as_ref().unwrap().contains("-decode-") && ready(p))
+            .count();
+        assert!(
+            ready_decode >= 3,
+            "more than maxUnavailable (1) decode instance down at once: {ready_decode} ready"
+        );
+        let now = uids(&pods);
+        let done = now.len() == 6
+            && pods.iter().all(ready)
+            && now
+                .iter()
+                .filter(|(n, _)| n.contains("-decode-"))
+                .all(|(n, u)| before.get(n) != Some(u));
+        if done {
+            for (name, uid) in now.iter().filter(|(n, _)| n.contains("-prefill-")) {
+                assert_eq!(
+                    before.get(name),
+                    Some(uid),
+                    "prefill pod {name} was replaced though its role did not change"
+                );
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "role rollout did not finish: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pg = Api::<PodGroup>::namespaced(ns.client.clone(), &ns.name)
+        .get("llama-2p4d-0")
+        .await
+        .unwrap();
+    assert_eq!(pg.metadata.uid, pg_uid, "the group's PodGroup is kept");
+    wait_for(TIMEOUT, "UpdateInProgress cleared", || async {
+        Ok(condition(&ns, "llama-2p4d", "UpdateInProgress")
+            .await
+            .filter(|c| c.0 == "False"))
+    })
+    .await
+    .unwrap();
+}

@@ -28,8 +28,17 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 fn reconciles() -> f64 {
-    let out = Command::new("curl").args(["-fsS", "--noproxy", "*", &format!("http://{METRICS_ADDR}/metrics")]).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "--noproxy",
+            "*",
+            &format!("http://{METRICS_ADDR}/metrics"),
+        ])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     text.lines()
         .find(|l| l.starts_with("muster_controller_reconciles_total "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -38,7 +47,10 @@ fn reconciles() -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("counts are integers")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("counts are integers"))
+        .collect();
     let servings = args.first().copied().unwrap_or(200);
     let groups = args.get(1).copied().unwrap_or(4);
     let ns = TestNamespace::new("bench-ctrl").await;
@@ -56,10 +68,13 @@ async fn main() -> anyhow::Result<()> {
     let mut template = muster_e2e::load_yaml("config/samples/modelserving-single.yaml");
     template["spec"]["replicas"] = json!(groups);
     template["spec"]["template"]["roles"][0]["tensorParallelSize"] = serde_json::Value::Null;
-    template["spec"]["template"]["roles"][0]["entryTemplate"]["spec"]["containers"][0]["resources"] =
-        json!({"requests": {"cpu": "10m"}});
+    template["spec"]["template"]["roles"][0]["entryTemplate"]["spec"]["containers"][0]
+        ["resources"] = json!({"requests": {"cpu": "10m"}});
     let api = Api::<ModelServing>::namespaced(ns.client.clone(), &ns.name);
-    eprintln!("[bench-controller] applying {servings} ModelServings × {groups} groups in {}", ns.name);
+    eprintln!(
+        "[bench-controller] applying {servings} ModelServings × {groups} groups in {}",
+        ns.name
+    );
     let start = Instant::now();
     for i in 0..servings {
         let mut doc = template.clone();
@@ -74,13 +89,20 @@ async fn main() -> anyhow::Result<()> {
     let mut last_report = Instant::now();
     let (mut n_pods, mut n_pgs) = (0, 0);
     while start.elapsed() < Duration::from_secs(900) {
-        n_pods = pods.list_metadata(&ListParams::default()).await?.items.len();
+        n_pods = pods
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len();
         n_pgs = pgs.list_metadata(&ListParams::default()).await?.items.len();
         if n_pods >= want && n_pgs >= want {
             break;
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            eprintln!("[bench-controller] {:>5.1}s: {n_pgs}/{want} PodGroups, {n_pods}/{want} pods", start.elapsed().as_secs_f64());
+            eprintln!(
+                "[bench-controller] {:>5.1}s: {n_pgs}/{want} PodGroups, {n_pods}/{want} pods",
+                start.elapsed().as_secs_f64()
+            );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -105,7 +127,10 @@ async fn main() -> anyhow::Result<()> {
     });
     let dir = repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("controller-scale.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        dir.join("controller-scale.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     let md = format!(
         "| ModelServings × groups | pods | all PodGroups + pods exist | reconciles | reconciles/s | controller peak RSS |\n|---|---|---|---|---|---|\n| {servings} × {groups} | {want} | {:.1} s{} | {reconcile_count} | {:.1} | {rss:.0} MiB |\n",
         created.as_secs_f64(),
