@@ -297,9 +297,21 @@ pub struct ControllerHandle {
 impl ControllerHandle {
     /// Starts the controller for `namespace`. Needs a multi-threaded test runtime.
     pub fn start(client: Client, namespace: &str) -> Self {
+        Self::start_with_metrics(
+            client,
+            namespace,
+            muster_controller::metrics::Metrics::new(),
+        )
+    }
+
+    /// Like [`ControllerHandle::start`], counting into `metrics` (the test keeps a clone).
+    pub fn start_with_metrics(
+        client: Client,
+        namespace: &str,
+        metrics: muster_controller::metrics::Metrics,
+    ) -> Self {
         let ns = namespace.to_string();
         let task = tokio::spawn(async move {
-            let metrics = muster_controller::metrics::Metrics::new();
             muster_controller::serving::reconcile::run(
                 client,
                 metrics,

@@ -422,7 +422,9 @@ async fn revisions_by_group(ns: &TestNamespace, ms: &str) -> Vec<(i32, String, b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_rollout_with_surge_never_drops_capacity() {
     let ns = TestNamespace::new("ms-roll").await;
-    let controller = ControllerHandle::start(ns.client.clone(), &ns.name);
+    let first_metrics = muster_controller::metrics::Metrics::new();
+    let controller =
+        ControllerHandle::start_with_metrics(ns.client.clone(), &ns.name, first_metrics.clone());
     let mut doc = load_yaml("config/samples/modelserving-single.yaml");
     doc["spec"]["replicas"] = json!(4);
     doc["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] =
@@ -436,6 +438,9 @@ async fn partitioned_rollout_with_surge_never_drops_capacity() {
         .map(|r| r.1)
         .collect();
     let old_rev = old[0].clone();
+    let created_before = first_metrics.pods_created.get();
+    let deleted_before = first_metrics.pods_deleted.get();
+    let second_metrics = muster_controller::metrics::Metrics::new();
 
     let api = Api::<ModelServing>::namespaced(ns.client.clone(), &ns.name);
     let patch = json!({"spec": {"template": {"roles": [{
@@ -484,7 +489,11 @@ async fn partitioned_rollout_with_surge_never_drops_capacity() {
             // from what the API server holds.
             controller.take().unwrap().kill();
             tokio::time::sleep(Duration::from_millis(500)).await;
-            controller = Some(ControllerHandle::start(ns.client.clone(), &ns.name));
+            controller = Some(ControllerHandle::start_with_metrics(
+                ns.client.clone(),
+                &ns.name,
+                second_metrics.clone(),
+            ));
             restarted = true;
         }
         let done = state.len() == 4
@@ -506,6 +515,17 @@ async fn partitioned_rollout_with_surge_never_drops_capacity() {
         .await
         .unwrap();
     assert_eq!(reason, "UpdateComplete");
+    // Exactly the work the rollout needs, across the restart: one surge group created and
+    // removed, groups 2 and 3 deleted and rebuilt. No pod deleted twice, none created twice.
+    let created =
+        first_metrics.pods_created.get() + second_metrics.pods_created.get() - created_before;
+    let deleted =
+        first_metrics.pods_deleted.get() + second_metrics.pods_deleted.get() - deleted_before;
+    assert_eq!(
+        (created, deleted),
+        (3, 3),
+        "pods created/deleted during the partitioned rollout"
+    );
 
     // partition 0 finishes it.
     api.patch(
