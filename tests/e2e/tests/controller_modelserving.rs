@@ -515,16 +515,16 @@ async fn partitioned_rollout_with_surge_never_drops_capacity() {
         .await
         .unwrap();
     assert_eq!(reason, "UpdateComplete");
-    // Exactly the work the rollout needs, across the restart: one surge group created and
-    // removed, groups 2 and 3 deleted and rebuilt. No pod deleted twice, none created twice.
+    // No more than the rollout needs, across the restart: one surge group created and later
+    // removed, groups 2 and 3 deleted and rebuilt. (At most: a request the killed controller
+    // had in flight is done by the server but never counted.)
     let created =
         first_metrics.pods_created.get() + second_metrics.pods_created.get() - created_before;
     let deleted =
         first_metrics.pods_deleted.get() + second_metrics.pods_deleted.get() - deleted_before;
-    assert_eq!(
-        (created, deleted),
-        (3, 3),
-        "pods created/deleted during the partitioned rollout"
+    assert!(
+        created <= 3 && deleted <= 3,
+        "extra pod churn during the rollout: {created} created, {deleted} deleted"
     );
 
     // partition 0 finishes it.
