@@ -46,6 +46,17 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
 }
 
+impl Plan {
+    /// Records a Normal event.
+    fn note(&mut self, reason: &str, note: String) {
+        self.events.push(PlannedEvent {
+            warning: false,
+            reason: reason.into(),
+            note,
+        });
+    }
+}
+
 /// An object to delete.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Delete {
@@ -248,14 +259,13 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
             replacing.insert(i);
             plan.apply_pod_groups
                 .push(expand::pod_group(&owner, i, &update_rev, &update_template));
-            plan.events.push(PlannedEvent {
-                warning: false,
-                reason: "RollingUpdate".into(),
-                note: format!(
+            plan.note(
+                "RollingUpdate",
+                format!(
                     "group {} moves to revision {update_rev} role by role",
                     naming::group_name(&owner.name, i)
                 ),
-            });
+            );
         }
     }
     for i in candidates {
@@ -273,24 +283,22 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
                 plan.deletes.push(Delete::Pod(name.clone()));
             }
         }
-        plan.events.push(PlannedEvent {
-            warning: false,
-            reason: "RollingUpdate".into(),
-            note: format!(
+        plan.note(
+            "RollingUpdate",
+            format!(
                 "replacing group {} ({} → {})",
                 naming::group_name(&owner.name, i),
                 health[&i].revision,
                 update_rev
             ),
-        });
+        );
     }
     for &i in &deleting {
         delete_group(&mut plan, &groups[&i]);
-        plan.events.push(PlannedEvent {
-            warning: false,
-            reason: "ScaledDown".into(),
-            note: format!("deleting group {}", naming::group_name(&owner.name, i)),
-        });
+        plan.note(
+            "ScaledDown",
+            format!("deleting group {}", naming::group_name(&owner.name, i)),
+        );
     }
 
     // 3. Scale up: fill the lowest free ordinals. An ordinal is free only once every object of
@@ -310,14 +318,13 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
             };
             let template = &templates[&rev];
             create_group(&mut plan, &owner, ordinal, &rev, template);
-            plan.events.push(PlannedEvent {
-                warning: false,
-                reason: "GroupCreated".into(),
-                note: format!(
+            plan.note(
+                "GroupCreated",
+                format!(
                     "creating group {} at revision {rev}",
                     naming::group_name(&owner.name, ordinal)
                 ),
-            });
+            );
             missing -= 1;
         }
         ordinal += 1;
@@ -667,15 +674,14 @@ fn roll_role_instances(
                     plan.deletes.push(Delete::Pod(name));
                 }
             }
-            plan.events.push(PlannedEvent {
-                warning: false,
-                reason: "RollingUpdate".into(),
-                note: format!(
+            plan.note(
+                "RollingUpdate",
+                format!(
                     "replacing role instance {} of group {}",
                     naming::role_id(&role.name, r),
                     naming::group_name(&owner.name, index)
                 ),
-            });
+            );
         }
     }
 }
