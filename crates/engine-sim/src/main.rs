@@ -219,9 +219,12 @@ async fn main() -> anyhow::Result<()> {
     for addr in &running.bootstrap_addrs {
         println!("BOOTSTRAP {addr}");
     }
+    // SIGTERM is how Kubernetes and the test harnesses stop it; exit cleanly on it too.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = running.wait() => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
     Ok(())
 }
