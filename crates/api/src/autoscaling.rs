@@ -417,4 +417,8 @@ pub struct TargetScalingStatus {
     /// When replicas last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+    /// Panic mode lasts until this time (absent in stable mode). Kept in the status so a
+    /// restarted controller does not scale down in the middle of a burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_until: Option<Time>,
 }

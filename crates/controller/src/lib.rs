@@ -1,6 +1,11 @@
-//! Muster's controllers. Today: the ModelServing controller (`serving`), which expands a
-//! ModelServing into gang-scheduled ServingGroups, rolls them out and heals them.
+//! Muster's controllers: the ModelServing controller (`serving`), which expands a
+//! ModelServing into gang-scheduled ServingGroups, rolls them out and heals them, and HyperNode
+//! discovery (`discovery`), which keeps Volcano HyperNodes true to node labels, and the shell of
+//! the Volcano scheduler extender (`extender`, binary `muster-topology-extender`).
 
+pub mod autoscaling;
+pub mod discovery;
+pub mod extender;
 pub mod leader;
 pub mod metrics;
 pub mod serving;

@@ -371,3 +371,28 @@ pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     }
     path
 }
+
+/// HyperNode discovery running in this process; stops when dropped. Give each test its own
+/// label keys and `--discovery-source` so it never touches another test's (or the cluster's
+/// hand-written) HyperNodes.
+pub struct DiscoveryHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DiscoveryHandle {
+    /// Starts discovery with `opts`. Needs a multi-threaded test runtime.
+    pub fn start(client: Client, opts: muster_controller::discovery::DiscoveryOptions) -> Self {
+        let task = tokio::spawn(muster_controller::discovery::run(
+            client,
+            opts,
+            std::future::pending(),
+        ));
+        DiscoveryHandle { task }
+    }
+}
+
+impl Drop for DiscoveryHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
