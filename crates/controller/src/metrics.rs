@@ -1,6 +1,6 @@
 //! Prometheus metrics of the controller (`muster_controller_*`), served on `/metrics`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 /// The controller's metrics.
 #[derive(Clone)]
@@ -17,6 +17,9 @@ pub struct Metrics {
     pub pods_created: IntCounter,
     /// Pods deleted.
     pub pods_deleted: IntCounter,
+    /// ModelServings whose latest spec has not been acted on yet (the reconcile backlog;
+    /// kube-runtime does not expose its internal queue, so this counts the work it holds).
+    pub pending: IntGauge,
 }
 
 impl Metrics {
@@ -47,9 +50,15 @@ impl Metrics {
             IntCounter::new("muster_controller_pods_created_total", "Pods created").unwrap();
         let pods_deleted =
             IntCounter::new("muster_controller_pods_deleted_total", "Pods deleted").unwrap();
+        let pending = IntGauge::new(
+            "muster_controller_modelservings_pending",
+            "ModelServings whose generation is newer than status.observedGeneration",
+        )
+        .unwrap();
         for m in [&reconciles, &reconcile_errors, &pods_created, &pods_deleted] {
             registry.register(Box::new(m.clone())).unwrap();
         }
+        registry.register(Box::new(pending.clone())).unwrap();
         registry
             .register(Box::new(reconcile_duration.clone()))
             .unwrap();
@@ -60,6 +69,7 @@ impl Metrics {
             reconcile_duration,
             pods_created,
             pods_deleted,
+            pending,
         }
     }
 

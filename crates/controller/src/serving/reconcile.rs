@@ -87,21 +87,40 @@ pub async fn run(
             None => Api::all(client.clone()),
         }
     }
-    Controller::new(
+    let controller = Controller::new(
         api::<ModelServing>(&client, &namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<Pod>(&client, &namespace), selector.clone())
-    .owns(api::<Service>(&client, &namespace), selector.clone())
-    .owns(api::<PodGroup>(&client, &namespace), selector)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            warn!(error = %e, "reconcile failed");
+    );
+    // The backlog gauge reads the controller's own cache: no extra API traffic.
+    let store = controller.store();
+    let pending = ctx.metrics.pending.clone();
+    let backlog = tokio::spawn(async move {
+        loop {
+            let n = store
+                .state()
+                .iter()
+                .filter(|ms| {
+                    let observed = ms.status.as_ref().and_then(|s| s.observed_generation);
+                    ms.metadata.generation.is_some() && ms.metadata.generation > observed
+                })
+                .count();
+            pending.set(n as i64);
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
-    })
-    .await;
+    });
+    controller
+        .owns(api::<Pod>(&client, &namespace), selector.clone())
+        .owns(api::<Service>(&client, &namespace), selector.clone())
+        .owns(api::<PodGroup>(&client, &namespace), selector)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    backlog.abort();
 }
 
 fn error_policy(_ms: Arc<ModelServing>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -27,7 +27,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn reconciles() -> f64 {
+/// One sample of the controller's own metric `name`.
+fn metric(name: &str) -> f64 {
     let out = Command::new("curl")
         .args([
             "-fsS",
@@ -40,7 +41,7 @@ fn reconciles() -> f64 {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     text.lines()
-        .find(|l| l.starts_with("muster_controller_reconciles_total "))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(f64::NAN)
 }
@@ -88,7 +89,9 @@ async fn main() -> anyhow::Result<()> {
     let pgs = Api::<PodGroup>::namespaced(ns.client.clone(), &ns.name);
     let mut last_report = Instant::now();
     let (mut n_pods, mut n_pgs) = (0, 0);
+    let mut peak_backlog: f64 = 0.0;
     while start.elapsed() < Duration::from_secs(900) {
+        peak_backlog = peak_backlog.max(metric("muster_controller_modelservings_pending"));
         n_pods = pods
             .list_metadata(&ListParams::default())
             .await?
@@ -109,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let created = start.elapsed();
     let done = n_pods >= want && n_pgs >= want;
-    let reconcile_count = reconciles();
+    let reconcile_count = metric("muster_controller_reconciles_total");
     let rss = peak_rss_mib(pid);
     let _ = controller.kill();
     let _ = controller.wait();
@@ -124,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         "reconciles": reconcile_count,
         "reconciles_per_second": reconcile_count / created.as_secs_f64(),
         "controller_peak_rss_mib": rss,
+        "peak_pending_modelservings": peak_backlog,
     });
     let dir = repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -132,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     let md = format!(
-        "| ModelServings × groups | pods | all PodGroups + pods exist | reconciles | reconciles/s | controller peak RSS |\n|---|---|---|---|---|---|\n| {servings} × {groups} | {want} | {:.1} s{} | {reconcile_count} | {:.1} | {rss:.0} MiB |\n",
+        "| ModelServings × groups | pods | all PodGroups + pods exist | reconciles | reconciles/s | peak pending ModelServings | controller peak RSS |\n|---|---|---|---|---|---|---|\n| {servings} × {groups} | {want} | {:.1} s{} | {reconcile_count} | {:.1} | {peak_backlog} | {rss:.0} MiB |\n",
         created.as_secs_f64(),
         if done { "" } else { " (timed out)" },
         reconcile_count / created.as_secs_f64()
