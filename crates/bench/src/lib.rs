@@ -1,3 +1,15 @@
-//! Load generator and benchmark drivers
+//! Load generator and benchmark drivers.
 //!
-//! Reserved by the workspace layout (DESIGN §2); filled by its own issue.
+//! * [`load`]: HTTP/1.1 keep-alive load generation (fixed-rate and closed-loop) with latency
+//!   recording.
+//! * [`null_engine`]: a zero-latency engine stand-in.
+//! * [`stats`]: percentiles and summaries.
+//! * [`procs`]: starting the processes under test (engine simulator, router, nginx) on
+//!   loopback and learning their ports.
+//! * [`router_overhead`]: the router-overhead benchmark (DESIGN §7).
+
+pub mod load;
+pub mod null_engine;
+pub mod procs;
+pub mod router_overhead;
+pub mod stats;

@@ -1,0 +1,213 @@
+//! `muster-bench`: benchmark drivers. `muster-bench router-overhead` (see `hack/bench-router-overhead.sh`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use muster_bench::procs::find_nginx;
+use muster_bench::router_overhead::{self, Binaries, Settings};
+
+#[derive(Debug, Parser)]
+#[command(name = "muster-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// A zero-latency engine stand-in answering a canned completion (prints `LISTENING addr`).
+    NullEngine {
+        /// Listen address (loopback).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Closed-loop load against one loopback address (for profiling a target by hand).
+    Load {
+        /// Target address (loopback only).
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Model name in the request body.
+        #[arg(long, default_value = "meta-llama/Meta-Llama-3-8B-Instruct")]
+        model: String,
+        /// Connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Latency added and peak req/s of muster-router vs nginx vs the engine alone.
+    RouterOverhead {
+        /// Directory holding muster-router and muster-engine-sim (default: this binary's).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// nginx binary (default: PATH, then /usr/sbin/nginx).
+        #[arg(long)]
+        nginx: Option<PathBuf>,
+        /// Skip nginx.
+        #[arg(long)]
+        no_nginx: bool,
+        /// Fixed request rate of the latency phase.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Seconds per latency phase.
+        #[arg(long, default_value_t = 5.0)]
+        latency_seconds: f64,
+        /// Connections of the latency phase.
+        #[arg(long, default_value_t = 32)]
+        latency_connections: usize,
+        /// Seconds per peak phase.
+        #[arg(long, default_value_t = 4.0)]
+        peak_seconds: f64,
+        /// Connection counts tried for peak throughput (comma-separated).
+        #[arg(long, default_value = "64", value_delimiter = ',')]
+        peak_connections: Vec<usize>,
+        /// Rounds; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Engine simulator time scale (huge = zero latency).
+        #[arg(long, default_value_t = 1e6)]
+        engine_time_scale: f64,
+        /// nginx worker processes (default: logical CPUs).
+        #[arg(long)]
+        nginx_workers: Option<usize>,
+        /// Upstreams to measure against (comma-separated): engine-sim, null-engine.
+        #[arg(long, default_value = "engine-sim,null-engine", value_delimiter = ',')]
+        upstreams: Vec<String>,
+        /// Output directory for router-overhead.json and router-overhead.md.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::NullEngine { listen } = cli.command {
+        anyhow::ensure!(
+            listen.ip().is_loopback(),
+            "the null engine listens on loopback only"
+        );
+        // One thread, like a single engine process: it must not steal CPU from the proxy.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("LISTENING {}", listener.local_addr()?);
+            muster_bench::null_engine::serve(listener).await;
+            Ok(())
+        });
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli.command))
+}
+
+async fn run(command: Cmd) -> anyhow::Result<()> {
+    match command {
+        Cmd::NullEngine { .. } => unreachable!("handled in main"),
+        Cmd::Load {
+            addr,
+            model,
+            connections,
+            seconds,
+        } => {
+            let target = muster_bench::load::Target {
+                addr,
+                path: "/v1/completions".into(),
+                body: serde_json::json!({"model": model, "prompt": "hi", "max_tokens": 1})
+                    .to_string()
+                    .into(),
+            };
+            let r = muster_bench::load::closed_loop(
+                &target,
+                std::time::Duration::from_secs_f64(seconds),
+                connections,
+            )
+            .await;
+            println!(
+                "{:.0} req/s ({} ok, {} errors{})",
+                r.rps(),
+                r.completed,
+                r.errors,
+                r.first_error
+                    .map(|e| format!(", first: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        Cmd::RouterOverhead {
+            bin_dir,
+            nginx,
+            no_nginx,
+            rate,
+            latency_seconds,
+            latency_connections,
+            peak_seconds,
+            peak_connections,
+            rounds,
+            engine_time_scale,
+            nginx_workers,
+            upstreams,
+            out,
+        } => {
+            let dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("binary directory")?
+                    .to_path_buf(),
+            };
+            let bins = Binaries {
+                router: dir.join("muster-router"),
+                engine_sim: dir.join("muster-engine-sim"),
+                bench: std::env::current_exe()?,
+                nginx: if no_nginx {
+                    None
+                } else {
+                    find_nginx(nginx.as_deref())
+                },
+            };
+            for b in [&bins.router, &bins.engine_sim] {
+                anyhow::ensure!(
+                    b.exists(),
+                    "{} not found (build with --release first)",
+                    b.display()
+                );
+            }
+            if bins.nginx.is_none() && !no_nginx {
+                eprintln!("warning: nginx not found; measuring without it (install: apt-get install -y nginx)");
+            }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let settings = Settings {
+                rate,
+                latency_seconds,
+                latency_connections,
+                peak_seconds,
+                peak_connections,
+                rounds: rounds.max(1),
+                engine_time_scale,
+                nginx_workers: nginx_workers.unwrap_or(cpus),
+                upstreams,
+            };
+            let scratch = std::env::temp_dir().join(format!("muster-bench-{}", std::process::id()));
+            let report = router_overhead::run(&bins, settings, &scratch).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let report = report?;
+            std::fs::create_dir_all(&out)?;
+            let md = router_overhead::markdown(&report);
+            std::fs::write(
+                out.join("router-overhead.json"),
+                serde_json::to_vec_pretty(&report)?,
+            )?;
+            std::fs::write(out.join("router-overhead.md"), &md)?;
+            println!("{md}");
+            println!(
+                "wrote {0}/router-overhead.json and {0}/router-overhead.md",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! `muster-router`: the OpenAI-compatible gateway (see the crate docs and README).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use muster_router::config::kubernetes::{self, KubeOptions};
+use muster_router::config::{compile, standalone, ConfigInput, Defaults};
+use muster_router::duration::parse_duration;
+use muster_router::endpoints::outlier::OutlierPolicy;
+use muster_router::endpoints::{EndpointRegistry, ScrapeConfig};
+use muster_router::logging::BackgroundStderr;
+use muster_router::metrics::Metrics;
+use muster_router::proxy::client::UpstreamClients;
+use muster_router::proxy::{AppState, ProxyConfig};
+use muster_router::scheduler::SchedulerProfile;
+use muster_router::server::{bind_reuseport, serve_admin, serve_public, DrainOptions};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// OpenAI-compatible gateway for vLLM/SGLang engines, configured from Kubernetes ModelRoute and
+/// ModelServer objects or from a standalone YAML file.
+#[derive(Debug, Parser)]
+#[command(name = "muster-router", version)]
+struct Cli {
+    /// Public (OpenAI API) listen address.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "MUSTER_ROUTER_LISTEN")]
+    listen: SocketAddr,
+    /// Worker threads serving the public port, each with its own single-threaded runtime,
+    /// listener (SO_REUSEPORT) and upstream connection pools (default: logical CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Admin listen address: /metrics, /healthz, /readyz, /debug/{config,endpoints,sessions}.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:15000",
+        env = "MUSTER_ROUTER_ADMIN_LISTEN"
+    )]
+    admin_listen: SocketAddr,
+    /// Standalone mode: read ModelServers (with static endpoints) and ModelRoutes from this
+    /// YAML file, re-read on change. Without it the router runs in Kubernetes mode.
+    #[arg(long, env = "MUSTER_ROUTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Standalone mode: how often to check the file for changes.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    reload_interval: Duration,
+    /// Kubernetes mode: watch only this namespace (default: all).
+    #[arg(long, env = "MUSTER_ROUTER_NAMESPACE")]
+    namespace: Option<String>,
+    /// Kubernetes mode: label selector narrowing the pod watch.
+    #[arg(long)]
+    pod_selector: Option<String>,
+    /// Kubernetes mode: do not write ModelServer/ModelRoute status.
+    #[arg(long)]
+    no_status: bool,
+    /// Default scheduling profile (YAML file); ModelServers override it with the
+    /// `router.muster.dev/scheduler` annotation.
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
+    /// Per-try time to response headers when a ModelServer sets no trafficPolicy.timeout.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    default_timeout: Duration,
+    /// Retries when a ModelServer sets no trafficPolicy.retry.
+    #[arg(long, default_value_t = 2)]
+    default_retries: u32,
+    /// Retry interval when a ModelServer sets no trafficPolicy.retry.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    default_retry_interval: Duration,
+    /// TCP connect timeout to engines.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// Idle connections kept per engine.
+    #[arg(long, default_value_t = 1024)]
+    max_idle_per_endpoint: usize,
+    /// A response that sends nothing for this long is cut with an error.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    stream_idle_timeout: Duration,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Time allowed to receive a request body (408 after).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    body_read_timeout: Duration,
+    /// Router-wide concurrent request limit (429 above); 0 means none.
+    #[arg(long, default_value_t = 0)]
+    max_in_flight: usize,
+    /// File with one accepted API key per line; when set, requests need
+    /// `Authorization: Bearer <key>` (401 otherwise).
+    #[arg(long, env = "MUSTER_ROUTER_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// Engine /metrics scrape interval per endpoint.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    metrics_interval: Duration,
+    /// An engine sample older than this is stale (scored conservatively).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    metrics_stale_after: Duration,
+    /// Consecutive failures that eject an endpoint; 0 disables ejection.
+    #[arg(long, default_value_t = 5)]
+    outlier_consecutive_failures: u32,
+    /// First ejection length (the n-th consecutive ejection lasts n times as long).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    outlier_base_ejection: Duration,
+    /// Longest ejection.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    outlier_max_ejection: Duration,
+    /// On SIGTERM, keep serving with readiness failing this long before refusing connections.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    drain_delay: Duration,
+    /// Then wait at most this long for in-flight requests.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// Disable the per-request access log line.
+    #[arg(long)]
+    no_access_log: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a terminal: they cost formatting time on every access-log line.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let writer = BackgroundStderr::start(1 << 16);
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // The control runtime runs configuration sources, status writes, metric scrapes and the
+    // admin port; request handling runs on the worker threads (see `run`).
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("muster-control")
+        .enable_all()
+        .build()?;
+    let result = control.block_on(run(cli));
+    muster_router::logging::flush(Duration::from_secs(2));
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let workers = cli
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+
+    let profile = match &cli.scheduler_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            SchedulerProfile::parse(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}", p.display()))?
+        }
+        None => SchedulerProfile::default(),
+    };
+    let defaults = Defaults {
+        profile: Arc::new(profile),
+        timeout: cli.default_timeout,
+        retry_attempts: cli.default_retries,
+        retry_interval: cli.default_retry_interval,
+    };
+    let api_keys = match &cli.api_keys_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let keys: HashSet<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            anyhow::ensure!(!keys.is_empty(), "{} holds no API keys", p.display());
+            Some(keys)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    // Scrapes use the control runtime's own pool; requests use per-worker pools.
+    let clients = UpstreamClients::new(cli.connect_timeout, cli.max_idle_per_endpoint);
+    let registry = Arc::new(EndpointRegistry::new(
+        ScrapeConfig {
+            interval: (!cli.metrics_interval.is_zero()).then_some(cli.metrics_interval),
+            timeout: cli.metrics_interval.max(Duration::from_millis(200)),
+            stale_after: cli.metrics_stale_after,
+        },
+        clients.clone(),
+        metrics.clone(),
+    ));
+    let outlier = OutlierPolicy {
+        consecutive_failures: cli.outlier_consecutive_failures,
+        base_ejection: cli.outlier_base_ejection,
+        max_ejection: cli.outlier_max_ejection,
+    };
+    let state = Arc::new(AppState::new(
+        ProxyConfig {
+            max_body_bytes: cli.max_body_bytes,
+            body_read_timeout: cli.body_read_timeout,
+            stream_idle_timeout: cli.stream_idle_timeout,
+            outlier,
+            api_keys,
+            max_in_flight: cli.max_in_flight,
+            connect_timeout: cli.connect_timeout,
+            max_idle_per_endpoint: cli.max_idle_per_endpoint,
+            access_log: !cli.no_access_log,
+        },
+        metrics.clone(),
+        registry,
+    ));
+
+    let public = bind_reuseport(cli.listen, workers)
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let admin = tokio::net::TcpListener::bind(cli.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.admin_listen))?;
+    // Machine-readable lines on stdout: tests and scripts learn ephemeral ports from them.
+    println!("LISTENING {}", public[0].local_addr()?);
+    println!("ADMIN {}", admin.local_addr()?);
+    tokio::spawn(serve_admin(state.clone(), admin));
+
+    let source = match cli.config.clone() {
+        Some(path) => {
+            // Fail fast on a bad file at start-up; later bad edits keep the last good config.
+            standalone::load(&path).map_err(anyhow::Error::msg)?;
+            let state = state.clone();
+            let defaults = defaults.clone();
+            let apply = Arc::new(
+                move |input: ConfigInput, profile: Option<SchedulerProfile>| {
+                    let mut d = defaults.clone();
+                    if let Some(p) = profile {
+                        d.profile = Arc::new(p);
+                    }
+                    let compiled = compile(&input, &d);
+                    for r in &compiled.server_reports {
+                        if let Err((reason, message)) = &r.accepted {
+                            tracing::warn!(server = %r.key, reason, message, "ModelServer not fully accepted");
+                        }
+                    }
+                    for r in &compiled.route_reports {
+                        for (cond, v) in [("Accepted", &r.accepted), ("Ready", &r.ready)] {
+                            if let Err((reason, message)) = v {
+                                tracing::warn!(route = %r.key, condition = cond, reason, message, "ModelRoute problem");
+                            }
+                        }
+                    }
+                    state.publish(compiled);
+                },
+            );
+            tokio::spawn(standalone::run(
+                path,
+                cli.reload_interval,
+                apply,
+                metrics.clone(),
+            ))
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes mode needs a kubeconfig or in-cluster credentials (or pass --config for standalone mode)")?;
+            let state = state.clone();
+            let metrics = metrics.clone();
+            let apply: kubernetes::Apply = Arc::new(move |input: ConfigInput| {
+                let compiled = compile(&input, &defaults);
+                let reports = (
+                    compiled.server_reports.clone(),
+                    compiled.route_reports.clone(),
+                );
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+                state.publish(compiled);
+                reports
+            });
+            let opts = KubeOptions {
+                namespace: cli.namespace.clone(),
+                pod_selector: cli.pod_selector.clone(),
+                write_status: !cli.no_status,
+                debounce: Duration::from_millis(20),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = kubernetes::run(client, opts, apply).await {
+                    tracing::error!(error = %format!("{e:#}"), "Kubernetes source failed; exiting");
+                    muster_router::logging::flush(Duration::from_secs(1));
+                    std::process::exit(1);
+                }
+            })
+        }
+    };
+
+    let drain = DrainOptions {
+        delay: cli.drain_delay,
+        timeout: cli.drain_timeout,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, listener) in public.into_iter().enumerate() {
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("muster-worker-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                rt.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("register listener");
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    serve_public(state, listener, stopped, drain).await;
+                });
+            })?;
+        threads.push(thread);
+    }
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await?;
+    source.abort();
+    Ok(())
+}

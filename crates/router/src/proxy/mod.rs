@@ -1,0 +1,688 @@
+//! The request pipeline: admit → read and inspect the body → resolve route and server →
+//! schedule → forward (retrying only before any byte went to the client) → relay.
+
+pub mod body;
+pub mod client;
+mod record;
+pub mod request;
+pub mod sse;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+
+use crate::config::matching::RequestFacts;
+use crate::config::table::{ResolveError, RoundRobinPositions, RoutingTable, ServerRuntime};
+use crate::config::{CompiledConfig, UpstreamProtocol};
+use crate::endpoints::outlier::OutlierPolicy;
+use crate::endpoints::EndpointRegistry;
+use crate::errors::ApiError;
+use crate::metrics::Metrics;
+use crate::scheduler::{schedule, PluginKind, ScheduleRequest};
+use crate::sessions::SessionLog;
+use body::{RelayMode, RouterBody};
+use client::UpstreamClients;
+use record::RequestRecord;
+use request::ApiKind;
+
+/// Request id header, set when the client sent none and passed to the engine.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Time allowed to receive the request body (408 after).
+    pub body_read_timeout: Duration,
+    /// A response that sends nothing for this long is cut with an error.
+    pub stream_idle_timeout: Duration,
+    /// Passive ejection.
+    pub outlier: OutlierPolicy,
+    /// When set, requests need `Authorization: Bearer <one of these>`.
+    pub api_keys: Option<HashSet<String>>,
+    /// Router-wide concurrent request limit (429 above); 0 means none.
+    pub max_in_flight: usize,
+    /// TCP connect timeout to engines.
+    pub connect_timeout: Duration,
+    /// Idle connections kept per engine (per worker thread).
+    pub max_idle_per_endpoint: usize,
+    /// Emit one access-log line per request.
+    pub access_log: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_body_bytes: 16 << 20,
+            body_read_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(300),
+            outlier: OutlierPolicy::default(),
+            api_keys: None,
+            max_in_flight: 0,
+            connect_timeout: Duration::from_secs(2),
+            max_idle_per_endpoint: 1024,
+            access_log: true,
+        }
+    }
+}
+
+/// State shared by every request.
+pub struct AppState {
+    table: RwLock<Arc<RoutingTable>>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    positions: RoundRobinPositions,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live endpoint state.
+    pub registry: Arc<EndpointRegistry>,
+    /// Settings.
+    pub config: ProxyConfig,
+    /// Recent sessions (debug).
+    pub sessions: SessionLog,
+}
+
+/// A router-wide concurrency slot, released on drop.
+pub struct Admission(Arc<AppState>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AppState {
+    /// Shared state with an empty table (not ready until the first publish).
+    pub fn new(
+        config: ProxyConfig,
+        metrics: Arc<Metrics>,
+        registry: Arc<EndpointRegistry>,
+    ) -> Self {
+        AppState {
+            table: RwLock::new(Arc::new(RoutingTable::default())),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            positions: RoundRobinPositions::default(),
+            metrics,
+            registry,
+            config,
+            sessions: SessionLog::default(),
+        }
+    }
+
+    /// The current routing table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.read().expect("table lock").clone()
+    }
+
+    /// Installs a new configuration and marks the router ready.
+    pub fn publish(&self, compiled: CompiledConfig) {
+        let table = RoutingTable::build(compiled, &self.registry, &self.positions, &self.metrics);
+        *self.table.write().expect("table lock") = Arc::new(table);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Ready: configuration loaded and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: readiness fails so load balancers stop sending.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// This thread's upstream clients. Each worker thread keeps its own connection pools, so
+    /// a request and the upstream connection serving it stay on one thread (no cross-thread
+    /// wake-ups on the hot path).
+    fn clients(&self) -> UpstreamClients {
+        thread_local! {
+            static CLIENTS: std::cell::OnceCell<UpstreamClients> = const { std::cell::OnceCell::new() };
+        }
+        CLIENTS.with(|c| {
+            c.get_or_init(|| {
+                UpstreamClients::new(
+                    self.config.connect_timeout,
+                    self.config.max_idle_per_endpoint,
+                )
+            })
+            .clone()
+        })
+    }
+
+    /// Requests currently being handled.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn admit(self: &Arc<Self>) -> Result<Admission, ApiError> {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission(self.clone());
+        if self.config.max_in_flight > 0 && n >= self.config.max_in_flight {
+            return Err(ApiError::overloaded(self.config.max_in_flight));
+        }
+        Ok(admission)
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<RouterBody> {
+    let mut r = Response::new(RouterBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<RouterBody> {
+    let mut r = Response::new(RouterBody::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// Handles one request on the public port. Never fails: every problem becomes a response.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<RouterBody> {
+    let path = req.uri().path();
+    let kind = match path {
+        "/healthz" => return text_response(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            return if state.is_ready() {
+                text_response(StatusCode::OK, "ready\n")
+            } else {
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/v1/models" | "/v1/models/" => {
+            return if req.method() == Method::GET {
+                list_models(&state)
+            } else {
+                ApiError::method_not_allowed(req.method().as_str(), path).into_response()
+            }
+        }
+        "/v1/chat/completions" => ApiKind::Chat,
+        "/v1/completions" => ApiKind::Completions,
+        p if p.starts_with("/v1/") && req.method() == Method::POST => ApiKind::Other,
+        _ => return ApiError::unknown_path(req.method().as_str(), path).into_response(),
+    };
+    if req.method() != Method::POST {
+        return ApiError::method_not_allowed(req.method().as_str(), path).into_response();
+    }
+    proxy(state, req, kind).await
+}
+
+fn list_models(state: &AppState) -> Response<RouterBody> {
+    let table = state.table();
+    let data: Vec<serde_json::Value> = table
+        .config
+        .models
+        .iter()
+        .map(
+            |m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "muster"}),
+        )
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).expect("json"),
+    )
+}
+
+fn authorized(headers: &HeaderMap, keys: &HashSet<String>) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| keys.contains(k.trim()))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and `host`, which the proxy sets itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match tokio::time::timeout(
+        state.config.body_read_timeout,
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    {
+        Err(_) => Err(ApiError::request_timeout()),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::bad_request(
+            format!("Could not read the request body: {e}."),
+            None,
+        )),
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)))
+}
+
+/// Fails the request with `error`, noting it in the record.
+fn reject(mut record: RequestRecord, error: ApiError) -> Response<RouterBody> {
+    record.status = error.status.as_u16();
+    record.error = Some(error.message.clone());
+    record.completed = true;
+    let mut resp = error.into_response();
+    if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
+}
+
+enum TryOutcome {
+    ConnectError,
+    Reset,
+    Status5xx,
+    Status429,
+    Timeout,
+}
+
+impl TryOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            TryOutcome::ConnectError => "connect_error",
+            TryOutcome::Reset => "reset",
+            TryOutcome::Status5xx => "status_5xx",
+            TryOutcome::Status429 => "status_429",
+            TryOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+async fn proxy(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    kind: ApiKind,
+) -> Response<RouterBody> {
+    let start = Instant::now();
+    let mut record = RequestRecord::new(
+        state.metrics.clone(),
+        state.config.access_log,
+        start,
+        req.method().clone(),
+        req.uri().clone(),
+    );
+    record.request_id = request_id(req.headers());
+    if !state.is_ready() {
+        return reject(
+            record,
+            ApiError::not_ready(
+                "The router has not loaded its configuration yet, or is shutting down.",
+            ),
+        );
+    }
+    if let Some(keys) = &state.config.api_keys {
+        if !authorized(req.headers(), keys) {
+            return reject(record, ApiError::unauthorized());
+        }
+    }
+    match state.admit() {
+        Ok(a) => record.hold_admission(a),
+        Err(e) => return reject(record, e),
+    }
+
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&state, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(e) => return reject(record, e),
+    };
+    let inspected = match request::inspect(&body) {
+        Ok(i) => i,
+        Err(e) => return reject(record, e),
+    };
+    record.requested_model = inspected.model.clone();
+
+    let table = state.table();
+    let model_metrics = table.model_metrics.get(&inspected.model).cloned();
+    let set_model = |record: &mut RequestRecord| {
+        if let Some(m) = &model_metrics {
+            record.set_model(m.clone());
+        }
+    };
+    let facts = RequestFacts {
+        headers: &parts.headers,
+        path: parts.uri.path(),
+        model: &inspected.model,
+    };
+    let resolved = match table.resolve(&facts, fastrand::u64(..)) {
+        Ok(r) => r,
+        Err(ResolveError::UnknownModel) => {
+            return reject(record, ApiError::model_not_found(&inspected.model))
+        }
+        Err(ResolveError::NoRuleMatched) => {
+            set_model(&mut record);
+            return reject(record, ApiError::no_rule_matched(&inspected.model));
+        }
+        Err(ResolveError::ServerMissing(key)) => {
+            set_model(&mut record);
+            return reject(
+                record,
+                ApiError::unavailable(format!(
+                    "The route for `{}` targets ModelServer {key}, which does not exist.",
+                    inspected.model
+                )),
+            );
+        }
+    };
+    set_model(&mut record);
+    record.route = Some(resolved.route.label.clone());
+    record.rule = Some(resolved.rule.name.clone());
+    let server: Arc<ServerRuntime> = resolved.server.clone();
+    let lora = resolved.lora;
+    let compiled = server.compiled.clone();
+    let server_label = compiled.label.clone();
+    record.server = Some(server_label.clone());
+    if server.endpoints.is_empty() {
+        return reject(
+            record,
+            ApiError::unavailable(format!(
+                "ModelServer {} has no Ready endpoints.",
+                compiled.key
+            )),
+        );
+    }
+
+    let profile = compiled.profile.clone();
+    let session = if profile.weight(PluginKind::SessionAffinity) > 0.0 {
+        request::session_id(&parts.headers, &inspected.object, &profile.session_affinity)
+    } else {
+        None
+    };
+    record.session = session.clone();
+    let inject_usage = matches!(kind, ApiKind::Chat | ApiKind::Completions)
+        && inspected.stream
+        && !inspected.client_wants_usage;
+    let rewrite_to = if lora {
+        None
+    } else {
+        compiled.model_rewrite.as_deref()
+    };
+    let upstream_body = request::rewrite(&inspected, rewrite_to, inject_usage).unwrap_or(body);
+    let token_estimate = upstream_body.len() as u64 / 4 + inspected.max_tokens.unwrap_or(256);
+    drop(inspected);
+
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    // Headers for the engine, built once and cloned per try.
+    let mut upstream_headers = HeaderMap::with_capacity(parts.headers.len() + 3);
+    for (name, value) in parts.headers.iter() {
+        if !is_hop_by_hop(name) {
+            upstream_headers.append(name.clone(), value.clone());
+        }
+    }
+    if state.config.api_keys.is_some() {
+        // The router's own key is not the engine's.
+        upstream_headers.remove(header::AUTHORIZATION);
+    }
+    upstream_headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(upstream_body.len()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+        upstream_headers.insert(X_REQUEST_ID, v);
+    }
+    let client = state.clients().get(compiled.upstream).clone();
+    let policy = compiled.policy;
+    let stale_after = state.registry.scrape_config().stale_after;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = String::new();
+
+    for attempt in 0..=policy.attempts {
+        if attempt > 0 && !policy.interval.is_zero() {
+            tokio::time::sleep(policy.interval).await;
+        }
+        let sched_start = Instant::now();
+        let decision = {
+            let views: Vec<_> = server
+                .endpoints
+                .iter()
+                .map(|e| e.view(sched_start, stale_after))
+                .collect();
+            schedule(
+                &views,
+                &profile,
+                &ScheduleRequest {
+                    session: session.as_deref(),
+                    exclude: &tried,
+                    random_seed: fastrand::u64(..),
+                    round_robin: server.round_robin.fetch_add(1, Ordering::Relaxed),
+                },
+            )
+        };
+        state
+            .metrics
+            .scheduling_duration
+            .observe(sched_start.elapsed().as_secs_f64());
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) => return reject(record, ApiError::unavailable(format!("{e}"))),
+        };
+        for (plugin, score) in &decision.scores {
+            state.metrics.plugin_score(*plugin).observe(*score);
+        }
+        let endpoint = server.endpoints[decision.index].clone();
+        tried.push(decision.index);
+        record.attempts = attempt + 1;
+        record.endpoint = Some(endpoint.name.clone());
+        record.scores = decision.scores;
+        if let Some(s) = &session {
+            state.sessions.record(s, &server_label, &endpoint.name);
+        }
+
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(path_and_query.clone());
+        let Ok(uri) = Uri::from_parts(uri) else {
+            return reject(
+                record,
+                ApiError::bad_request("The request path cannot be forwarded.", None),
+            );
+        };
+        let mut upstream_req = Request::new(Full::new(upstream_body.clone()));
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        let mut headers = upstream_headers.clone();
+        if compiled.upstream == UpstreamProtocol::Http1 {
+            if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        *upstream_req.headers_mut() = headers;
+
+        let in_flight = endpoint.begin(token_estimate);
+        let result =
+            tokio::time::timeout(policy.per_try_timeout, client.request(upstream_req)).await;
+        let attempts_metric = |outcome: &str| {
+            state
+                .metrics
+                .upstream_attempts
+                .with_label_values(&[&server_label, outcome])
+                .inc();
+        };
+        let can_retry = attempt < policy.attempts;
+        let failure = match result {
+            Err(_) => {
+                attempts_metric(TryOutcome::Timeout.label());
+                note_failure(&state, &endpoint, &server_label);
+                // A slow engine is not retried: the retry would duplicate its load.
+                return reject(
+                    record,
+                    ApiError::upstream_timeout(&endpoint.name, policy.per_try_timeout),
+                );
+            }
+            Ok(Err(e)) => {
+                let outcome = if e.is_connect() {
+                    TryOutcome::ConnectError
+                } else {
+                    TryOutcome::Reset
+                };
+                attempts_metric(outcome.label());
+                note_failure(&state, &endpoint, &server_label);
+                last_error = format!(
+                    "{} ({}): {}",
+                    endpoint.name,
+                    outcome.label(),
+                    error_chain(&e)
+                );
+                continue;
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                let outcome = if status.is_server_error() {
+                    Some(TryOutcome::Status5xx)
+                } else if status == StatusCode::TOO_MANY_REQUESTS {
+                    Some(TryOutcome::Status429)
+                } else {
+                    None
+                };
+                match outcome {
+                    Some(o) if can_retry => {
+                        attempts_metric(o.label());
+                        if status.is_server_error() {
+                            note_failure(&state, &endpoint, &server_label);
+                        }
+                        last_error = format!("{} answered {status}", endpoint.name);
+                        drop(resp);
+                        Some(o)
+                    }
+                    _ => {
+                        attempts_metric(outcome.as_ref().map_or("ok", TryOutcome::label));
+                        if status.is_server_error() {
+                            note_failure(&state, &endpoint, &server_label);
+                        } else {
+                            endpoint.record_success();
+                        }
+                        record.hold(in_flight);
+                        return relay(&state, record, resp, kind, inject_usage);
+                    }
+                }
+            }
+        };
+        debug_assert!(failure.is_some());
+        drop(in_flight);
+    }
+    reject(
+        record,
+        ApiError::unavailable(format!(
+            "No endpoint of ModelServer {} answered after {} tries; last error: {last_error}",
+            compiled.key,
+            policy.attempts + 1
+        )),
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn note_failure(state: &AppState, endpoint: &crate::endpoints::EndpointState, server: &str) {
+    if let Some(length) = endpoint.record_failure(Instant::now(), &state.config.outlier) {
+        state.metrics.ejections.with_label_values(&[server]).inc();
+        tracing::warn!(
+            endpoint = %endpoint.name,
+            address = %endpoint.address,
+            server,
+            seconds = length.as_secs_f64(),
+            "ejecting endpoint after consecutive failures"
+        );
+    }
+}
+
+fn relay(
+    state: &AppState,
+    mut record: RequestRecord,
+    resp: Response<Incoming>,
+    kind: ApiKind,
+    injected_usage: bool,
+) -> Response<RouterBody> {
+    let (mut parts, upstream) = resp.into_parts();
+    record.status = parts.status.as_u16();
+    let names: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) && *n != header::CONTENT_LENGTH)
+        .cloned()
+        .collect();
+    for n in names {
+        parts.headers.remove(n);
+    }
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mode = if content_type.starts_with("text/event-stream") {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        RelayMode::Sse(sse::SseScanner::new(
+            injected_usage && kind != ApiKind::Other,
+        ))
+    } else if content_type.starts_with("application/json") && parts.status.is_success() {
+        RelayMode::CaptureJson(Vec::new(), 0)
+    } else {
+        RelayMode::Plain
+    };
+    if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+        parts.headers.insert(X_REQUEST_ID, v);
+    }
+    let relay = body::Relay::new(
+        upstream,
+        mode,
+        record,
+        state.config.stream_idle_timeout,
+        state.config.outlier,
+    );
+    Response::from_parts(parts, RouterBody::Relay(Box::new(relay)))
+}

@@ -1,0 +1,223 @@
+//! One request's bookkeeping: metrics and the access-log line, emitted exactly once when the
+//! request ends — normally, by error, or because the client went away mid-stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::{Method, Uri};
+
+use super::sse::Usage;
+use crate::endpoints::InFlight;
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::scheduler::PluginKind;
+
+/// Everything the access log and metrics say about one request. Names are shared `Arc<str>`
+/// from the routing table, so filling the record allocates next to nothing.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    model: Arc<ModelMetrics>,
+    counted_in_flight: bool,
+    access_log: bool,
+    start: Instant,
+    /// `x-request-id`.
+    pub request_id: String,
+    /// Method.
+    pub method: Method,
+    /// Request URI.
+    pub uri: Uri,
+    /// The model the client asked for (log only).
+    pub requested_model: String,
+    /// Route `namespace/name`.
+    pub route: Option<Arc<str>>,
+    /// Rule name.
+    pub rule: Option<Arc<str>>,
+    /// ModelServer `namespace/name`.
+    pub server: Option<Arc<str>>,
+    /// Endpoint of the last try.
+    pub endpoint: Option<Arc<str>>,
+    /// Session id used for affinity.
+    pub session: Option<String>,
+    /// Plugin scores of the last decision.
+    pub scores: Vec<(PluginKind, f64)>,
+    /// Tries sent upstream.
+    pub attempts: u32,
+    /// Status sent to the client.
+    pub status: u16,
+    /// First response body byte.
+    pub first_byte: Option<Instant>,
+    /// First generated token (streaming).
+    pub first_token: Option<Instant>,
+    /// Last generated token (streaming), for inter-token gaps.
+    pub last_token: Option<Instant>,
+    /// Usage reported by the engine.
+    pub usage: Option<Usage>,
+    /// Error text, if the request failed.
+    pub error: Option<String>,
+    /// The body completed (as opposed to being cut or abandoned).
+    pub completed: bool,
+    in_flight: Option<InFlight>,
+    _admission: Option<super::Admission>,
+}
+
+impl RequestRecord {
+    /// Starts the record at `start`.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        start: Instant,
+        method: Method,
+        uri: Uri,
+    ) -> Self {
+        RequestRecord {
+            model: metrics.unknown_model(),
+            metrics,
+            counted_in_flight: false,
+            access_log,
+            start,
+            request_id: String::new(),
+            method,
+            uri,
+            requested_model: String::new(),
+            route: None,
+            rule: None,
+            server: None,
+            endpoint: None,
+            session: None,
+            scores: Vec::new(),
+            attempts: 0,
+            status: 0,
+            first_byte: None,
+            first_token: None,
+            last_token: None,
+            usage: None,
+            error: None,
+            completed: false,
+            in_flight: None,
+            _admission: None,
+        }
+    }
+
+    /// Counts a response cut short after its first byte.
+    pub fn count_stream_error(&self) {
+        self.model.stream_errors.inc();
+    }
+
+    /// Holds the router-wide admission slot until the record ends.
+    pub fn hold_admission(&mut self, admission: super::Admission) {
+        self._admission = Some(admission);
+    }
+
+    /// Sets the public model's metric handles and counts the request in flight for it.
+    pub fn set_model(&mut self, model: Arc<ModelMetrics>) {
+        if self.counted_in_flight {
+            self.model.in_flight.dec();
+        }
+        model.in_flight.inc();
+        self.counted_in_flight = true;
+        self.model = model;
+    }
+
+    /// Keeps the endpoint's in-flight count up until the record ends.
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
+    }
+
+    /// The endpoint currently held, if any.
+    pub fn held_endpoint(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
+    }
+
+    /// Notes body bytes or token events arriving at `now`.
+    pub fn on_data(&mut self, now: Instant, token_events: u32) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(now);
+        }
+        if token_events == 0 {
+            return;
+        }
+        match self.last_token {
+            None => self.first_token = Some(now),
+            Some(prev) => self
+                .model
+                .inter_token_latency
+                .observe(now.saturating_duration_since(prev).as_secs_f64()),
+        }
+        self.last_token = Some(now);
+    }
+}
+
+fn or_dash(s: &Option<Arc<str>>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let m = &self.model;
+        let code = itoa_status(self.status);
+        let status = std::str::from_utf8(&code).unwrap_or("0");
+        self.metrics
+            .requests
+            .with_label_values(&[&m.label, or_dash(&self.route), status])
+            .inc();
+        let elapsed = now.saturating_duration_since(self.start);
+        m.request_duration.observe(elapsed.as_secs_f64());
+        let ttft = self
+            .first_token
+            .or(self.first_byte)
+            .map(|t| t.saturating_duration_since(self.start));
+        if let Some(t) = ttft {
+            m.time_to_first_token.observe(t.as_secs_f64());
+        }
+        if let Some(u) = self.usage {
+            m.prompt_tokens.inc_by(u.prompt_tokens);
+            m.completion_tokens.inc_by(u.completion_tokens);
+        }
+        if self.counted_in_flight {
+            m.in_flight.dec();
+        }
+        if self.access_log {
+            let mut scores = String::with_capacity(64);
+            for (i, (k, s)) in self.scores.iter().enumerate() {
+                use std::fmt::Write as _;
+                // Shortest round-trip form of a value rounded to 3 decimals: exact-precision
+                // float formatting is surprisingly slow on a per-request path.
+                let rounded = (s * 1000.0).round() / 1000.0;
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(scores, "{sep}{}={rounded}", k.as_str());
+            }
+            tracing::info!(
+                target: "muster_router::access",
+                request_id = %self.request_id,
+                method = %self.method,
+                path = self.uri.path(),
+                model = %self.requested_model,
+                route = or_dash(&self.route),
+                rule = or_dash(&self.rule),
+                server = or_dash(&self.server),
+                endpoint = or_dash(&self.endpoint),
+                session = self.session.as_deref().unwrap_or(""),
+                scores = %scores,
+                attempts = self.attempts,
+                status = self.status,
+                duration_us = elapsed.as_micros() as u64,
+                ttft_us = ttft.map(|t| t.as_micros() as u64),
+                prompt_tokens = self.usage.map(|u| u.prompt_tokens),
+                completion_tokens = self.usage.map(|u| u.completion_tokens),
+                completed = self.completed,
+                error = self.error.as_deref().unwrap_or(""),
+                "request"
+            );
+        }
+    }
+}
+
+/// Three ASCII digits of an HTTP status (0..=999) without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}

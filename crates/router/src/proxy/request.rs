@@ -1,0 +1,226 @@
+//! Just enough understanding of a request body to route it: validate the JSON, read `model`,
+//! `stream`, `stream_options`, the session id, and make the two edits the router needs
+//! (`model` rewrite, usage injection). The body is re-serialised only when it was edited.
+
+use bytes::Bytes;
+use hyper::header::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::errors::ApiError;
+use crate::scheduler::profile::SessionAffinityArgs;
+
+/// Which OpenAI API a path belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+    /// Any other `/v1/*` POST, passed through.
+    Other,
+}
+
+/// The parts of a body the router uses.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// The parsed object.
+    pub object: Map<String, Value>,
+    /// `model`.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// The client set `stream_options.include_usage: true` itself.
+    pub client_wants_usage: bool,
+    /// `max_tokens` / `max_completion_tokens`.
+    pub max_tokens: Option<u64>,
+}
+
+/// Validates a body and extracts the routing fields; every failure is a 400 naming the field.
+pub fn inspect(body: &[u8]) -> Result<Inspected, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Malformed JSON body: {e}."), None))?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
+    let model = match object.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "You must provide a model parameter.",
+                Some("model"),
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("`model` must be a string, got {other}."),
+                Some("model"),
+            ))
+        }
+    };
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("`stream` must be a boolean, got {other}."),
+                Some("stream"),
+            ))
+        }
+    };
+    let client_wants_usage = match object.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    format!("`stream_options.include_usage` must be a boolean, got {other}."),
+                    Some("stream_options"),
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("`stream_options` must be an object, got {other}."),
+                Some("stream_options"),
+            ))
+        }
+    };
+    let max_tokens = object
+        .get("max_tokens")
+        .or_else(|| object.get("max_completion_tokens"))
+        .and_then(Value::as_u64);
+    Ok(Inspected {
+        object,
+        model,
+        stream,
+        client_wants_usage,
+        max_tokens,
+    })
+}
+
+/// The conversation id: the configured header, else the configured body field (dotted path;
+/// strings and numbers count).
+pub fn session_id(
+    headers: &HeaderMap,
+    object: &Map<String, Value>,
+    args: &SessionAffinityArgs,
+) -> Option<String> {
+    if let Some(v) = headers.get(args.header.as_str()) {
+        if let Ok(s) = v.to_str() {
+            if !s.is_empty() {
+                return Some(s.to_string());
+            }
+        }
+    }
+    let path = args.body_field.as_deref()?;
+    let mut parts = path.split('.');
+    let mut current = object.get(parts.next()?)?;
+    for p in parts {
+        current = current.as_object()?.get(p)?;
+    }
+    match current {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Applies the router's edits; `None` when the original bytes can go out unchanged.
+pub fn rewrite(inspected: &Inspected, model: Option<&str>, inject_usage: bool) -> Option<Bytes> {
+    let rename = model.filter(|m| *m != inspected.model);
+    if rename.is_none() && !inject_usage {
+        return None;
+    }
+    let mut object = inspected.object.clone();
+    if let Some(m) = rename {
+        object.insert("model".into(), Value::String(m.to_string()));
+    }
+    if inject_usage {
+        let options = object
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !options.is_object() {
+            *options = Value::Object(Map::new());
+        }
+        options
+            .as_object_mut()
+            .expect("made an object above")
+            .insert("include_usage".into(), Value::Bool(true));
+    }
+    Some(Bytes::from(
+        serde_json::to_vec(&Value::Object(object)).expect("a Value always serialises"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::StatusCode;
+
+    #[test]
+    fn client_mistakes_are_400s_naming_the_field() {
+        let cases: [(&str, Option<&str>, &str); 8] = [
+            ("{not json", None, "Malformed JSON"),
+            ("[1,2]", None, "JSON object"),
+            ("{}", Some("model"), "provide a model"),
+            (r#"{"model":""}"#, Some("model"), "provide a model"),
+            (r#"{"model":7}"#, Some("model"), "must be a string"),
+            (r#"{"model":"m","stream":"yes"}"#, Some("stream"), "boolean"),
+            (
+                r#"{"model":"m","stream_options":3}"#,
+                Some("stream_options"),
+                "object",
+            ),
+            (
+                r#"{"model":"m","stream_options":{"include_usage":"y"}}"#,
+                Some("stream_options"),
+                "boolean",
+            ),
+        ];
+        for (body, param, text) in cases {
+            let e = inspect(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.param, param, "{body}");
+            assert!(e.message.contains(text), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn edits_only_when_needed_and_keep_other_fields() {
+        let body = r#"{"model":"public","stream":true,"messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#;
+        let i = inspect(body.as_bytes()).unwrap();
+        assert!(i.stream && !i.client_wants_usage);
+        assert!(rewrite(&i, None, false).is_none());
+        assert!(rewrite(&i, Some("public"), false).is_none());
+        let out: Value =
+            serde_json::from_slice(&rewrite(&i, Some("served"), true).unwrap()).unwrap();
+        assert_eq!(out["model"], "served");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["temperature"], 0.5);
+        assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn session_from_header_then_body_path() {
+        let args = SessionAffinityArgs {
+            body_field: Some("metadata.conversation".into()),
+            ..SessionAffinityArgs::default()
+        };
+        let i = inspect(br#"{"model":"m","metadata":{"conversation":"c-9"}}"#).unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(session_id(&h, &i.object, &args).as_deref(), Some("c-9"));
+        h.insert("x-session-id", "hdr".parse().unwrap());
+        assert_eq!(session_id(&h, &i.object, &args).as_deref(), Some("hdr"));
+        let j = inspect(br#"{"model":"m","metadata":{"conversation":12}}"#).unwrap();
+        assert_eq!(
+            session_id(&HeaderMap::new(), &j.object, &args).as_deref(),
+            Some("12")
+        );
+        let k = inspect(br#"{"model":"m"}"#).unwrap();
+        assert_eq!(session_id(&HeaderMap::new(), &k.object, &args), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! Scorers. Each returns one score in `[0, 1]` per candidate (higher is better).
+
+use super::rendezvous;
+use super::{EndpointView, EngineLoad, SessionDecision, SplitMix64};
+
+/// Engine load to score with: an endpoint's own metrics when fresh; otherwise the worst of its
+/// last known values and what the fresh endpoints report, so a pod whose metrics stopped
+/// arriving is never mistaken for an idle one (and one never scraped is assumed as busy as the
+/// busiest scraped pod).
+pub(super) fn effective_loads(endpoints: &[EndpointView<'_>]) -> Vec<EngineLoad> {
+    let mut worst = EngineLoad::default();
+    for e in endpoints.iter().filter(|e| e.engine_fresh) {
+        if let Some(l) = e.engine {
+            worst.waiting = worst.waiting.max(l.waiting);
+            worst.running = worst.running.max(l.running);
+            worst.kv_cache_usage = worst.kv_cache_usage.max(l.kv_cache_usage);
+        }
+    }
+    endpoints
+        .iter()
+        .map(|e| match (e.engine, e.engine_fresh) {
+            (Some(l), true) => l,
+            (last, _) => {
+                let l = last.unwrap_or_default();
+                EngineLoad {
+                    waiting: l.waiting.max(worst.waiting),
+                    running: l.running.max(worst.running),
+                    kv_cache_usage: l.kv_cache_usage.max(worst.kv_cache_usage),
+                }
+            }
+        })
+        .map(|l| EngineLoad {
+            waiting: finite_non_negative(l.waiting),
+            running: finite_non_negative(l.running),
+            kv_cache_usage: finite_non_negative(l.kv_cache_usage).min(1.0),
+        })
+        .collect()
+}
+
+fn finite_non_negative(v: f64) -> f64 {
+    if v.is_finite() && v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// `(max − v) / (max − min)`: 1 for the lightest, 0 for the heaviest, 1 for all when equal.
+fn inverse_min_max(values: &[f64]) -> Vec<f64> {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max - min <= 1e-12 || max.is_nan() || min.is_nan() {
+        return vec![1.0; values.len()];
+    }
+    values
+        .iter()
+        .map(|v| ((max - v) / (max - min)).clamp(0.0, 1.0))
+        .collect()
+}
+
+pub(super) fn random(n: usize, rng: &mut SplitMix64) -> Vec<f64> {
+    (0..n).map(|_| rng.next_f64()).collect()
+}
+
+/// 1 for the candidate whose turn it is (candidates ordered by name, so the rotation does not
+/// depend on snapshot order), 0 for the rest.
+pub(super) fn round_robin(
+    endpoints: &[EndpointView<'_>],
+    candidates: &[usize],
+    position: u64,
+) -> Vec<f64> {
+    let mut by_name: Vec<usize> = (0..candidates.len()).collect();
+    by_name.sort_by(|&a, &b| {
+        endpoints[candidates[a]]
+            .name
+            .cmp(endpoints[candidates[b]].name)
+    });
+    let turn = by_name[(position % candidates.len() as u64) as usize];
+    (0..candidates.len())
+        .map(|i| if i == turn { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// Half requests, half tokens. Request load is `max(router in-flight, engine running +
+/// waiting) + queue_weight · waiting`: the engine's numbers include other replicas' traffic,
+/// the router's own count reacts before the next scrape, and queued requests weigh extra
+/// because they have not even started.
+pub(super) fn least_request(
+    endpoints: &[EndpointView<'_>],
+    loads: &[EngineLoad],
+    candidates: &[usize],
+    queue_weight: f64,
+) -> Vec<f64> {
+    let requests: Vec<f64> = candidates
+        .iter()
+        .map(|&i| {
+            let l = loads[i];
+            f64::from(endpoints[i].in_flight_requests).max(l.running + l.waiting)
+                + queue_weight * l.waiting
+        })
+        .collect();
+    let tokens: Vec<f64> = candidates
+        .iter()
+        .map(|&i| endpoints[i].in_flight_tokens as f64)
+        .collect();
+    inverse_min_max(&requests)
+        .into_iter()
+        .zip(inverse_min_max(&tokens))
+        .map(|(r, t)| 0.5 * r + 0.5 * t)
+        .collect()
+}
+
+/// `1 − usage`.
+pub(super) fn kv_cache_usage(loads: &[EngineLoad], candidates: &[usize]) -> Vec<f64> {
+    candidates
+        .iter()
+        .map(|&i| 1.0 - loads[i].kv_cache_usage)
+        .collect()
+}
+
+/// 1 for the endpoint the bounded-load rendezvous placement picks, 0 for the rest.
+pub(super) fn session_affinity(
+    endpoints: &[EndpointView<'_>],
+    loads: &[EngineLoad],
+    candidates: &[usize],
+    session: &str,
+    load_factor: f64,
+    slack: u64,
+) -> (Vec<f64>, SessionDecision) {
+    let names: Vec<&str> = candidates.iter().map(|&i| endpoints[i].name).collect();
+    let load: Vec<u64> = candidates
+        .iter()
+        .map(|&i| {
+            let engine = (loads[i].running + loads[i].waiting).round() as u64;
+            u64::from(endpoints[i].in_flight_requests).max(engine)
+        })
+        .collect();
+    let p = rendezvous::place(session, &names, &load, load_factor, slack);
+    let scores = (0..candidates.len())
+        .map(|i| if i == p.chosen { 1.0 } else { 0.0 })
+        .collect();
+    (
+        scores,
+        SessionDecision {
+            preferred: candidates[p.preferred],
+            placed: candidates[p.chosen],
+        },
+    )
+}

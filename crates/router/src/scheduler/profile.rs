@@ -1,0 +1,289 @@
+//! Which plugins a ModelServer's requests are scheduled with, and their weights.
+//!
+//! A profile comes from the router's default (flag or standalone file) or from the
+//! `router.muster.dev/scheduler` annotation on a ModelServer, in YAML or JSON:
+//!
+//! ```yaml
+//! plugins:
+//!   - {name: least-request, weight: 1}
+//!   - {name: kv-cache-usage, weight: 0.5}
+//!   - {name: session-affinity, weight: 2}
+//! leastRequest: {maxWaitingRequests: 32, queueWeight: 1}
+//! sessionAffinity: {header: x-session-id, bodyField: metadata.conversation_id, loadFactor: 1.25, loadSlack: 4}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// ModelServer annotation holding a per-server [`SchedulerProfile`].
+pub const SCHEDULER_ANNOTATION: &str = "router.muster.dev/scheduler";
+
+/// A scoring plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Uniform random score: spreads load blindly.
+    Random,
+    /// One endpoint per request in turn.
+    RoundRobin,
+    /// Fewest router-side in-flight requests and tokens, plus the engine's queue.
+    LeastRequest,
+    /// Lowest engine KV-cache usage.
+    KvCacheUsage,
+    /// Same conversation → same endpoint (rendezvous hashing with bounded load).
+    SessionAffinity,
+}
+
+impl PluginKind {
+    /// Every plugin, for metric label pre-registration.
+    pub const ALL: [PluginKind; 5] = [
+        PluginKind::Random,
+        PluginKind::RoundRobin,
+        PluginKind::LeastRequest,
+        PluginKind::KvCacheUsage,
+        PluginKind::SessionAffinity,
+    ];
+
+    /// Position in [`PluginKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name used in configuration, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Random => "random",
+            PluginKind::RoundRobin => "round-robin",
+            PluginKind::LeastRequest => "least-request",
+            PluginKind::KvCacheUsage => "kv-cache-usage",
+            PluginKind::SessionAffinity => "session-affinity",
+        }
+    }
+}
+
+/// One enabled plugin and its weight in the sum.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginWeight {
+    /// Plugin.
+    pub name: PluginKind,
+    /// Weight (≥ 0) of its `[0, 1]` score in the total.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Arguments of the least-request plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeastRequestArgs {
+    /// Filter out endpoints whose engine queue is at least this long (unless that would leave
+    /// none). Unset: no filter.
+    #[serde(default)]
+    pub max_waiting_requests: Option<u32>,
+    /// Extra weight of a queued (waiting) request relative to a running one.
+    #[serde(default = "one")]
+    pub queue_weight: f64,
+}
+
+impl Default for LeastRequestArgs {
+    fn default() -> Self {
+        LeastRequestArgs {
+            max_waiting_requests: None,
+            queue_weight: 1.0,
+        }
+    }
+}
+
+/// Arguments of the session-affinity plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionAffinityArgs {
+    /// Request header carrying the conversation id.
+    #[serde(default = "default_session_header")]
+    pub header: String,
+    /// JSON body field carrying it when the header is absent; dots descend into objects
+    /// (`metadata.conversation_id`).
+    #[serde(default = "default_session_body_field")]
+    pub body_field: Option<String>,
+    /// Bounded-load factor c ≥ 1: no endpoint takes a session request while its load is above
+    /// `c ×` the mean load (plus one), so one hot session cannot overload a pod.
+    #[serde(default = "default_load_factor")]
+    pub load_factor: f64,
+    /// Requests an endpoint may hold above that bound before sessions spill, because an
+    /// engine batches many sequences and one extra request is no reason to leave a warm cache.
+    #[serde(default = "default_load_slack")]
+    pub load_slack: u32,
+}
+
+fn default_load_slack() -> u32 {
+    4
+}
+
+fn default_session_header() -> String {
+    "x-session-id".into()
+}
+
+fn default_session_body_field() -> Option<String> {
+    Some("session_id".into())
+}
+
+fn default_load_factor() -> f64 {
+    1.25
+}
+
+impl Default for SessionAffinityArgs {
+    fn default() -> Self {
+        SessionAffinityArgs {
+            header: default_session_header(),
+            body_field: default_session_body_field(),
+            load_factor: default_load_factor(),
+            load_slack: default_load_slack(),
+        }
+    }
+}
+
+/// Plugins, weights and plugin arguments for one ModelServer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchedulerProfile {
+    /// Enabled scorers with weights.
+    #[serde(default = "default_plugins")]
+    pub plugins: Vec<PluginWeight>,
+    /// Least-request arguments.
+    #[serde(default)]
+    pub least_request: LeastRequestArgs,
+    /// Session-affinity arguments.
+    #[serde(default)]
+    pub session_affinity: SessionAffinityArgs,
+}
+
+fn default_plugins() -> Vec<PluginWeight> {
+    vec![
+        PluginWeight {
+            name: PluginKind::LeastRequest,
+            weight: 1.0,
+        },
+        PluginWeight {
+            name: PluginKind::KvCacheUsage,
+            weight: 0.5,
+        },
+        PluginWeight {
+            name: PluginKind::SessionAffinity,
+            weight: 2.0,
+        },
+    ]
+}
+
+impl Default for SchedulerProfile {
+    fn default() -> Self {
+        SchedulerProfile {
+            plugins: default_plugins(),
+            least_request: LeastRequestArgs::default(),
+            session_affinity: SessionAffinityArgs::default(),
+        }
+    }
+}
+
+impl SchedulerProfile {
+    /// Parses a profile from YAML or JSON and checks its ranges, naming the bad field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let profile: SchedulerProfile =
+            serde_yaml::from_str(text).map_err(|e| format!("invalid scheduler profile: {e}"))?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// Checks weights and arguments.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !(p.weight.is_finite() && p.weight >= 0.0) {
+                return Err(format!(
+                    "plugins[{i}].weight must be a non-negative number, got {}",
+                    p.weight
+                ));
+            }
+            if self.plugins[..i].iter().any(|q| q.name == p.name) {
+                return Err(format!(
+                    "plugins[{i}].name {} is listed twice",
+                    p.name.as_str()
+                ));
+            }
+        }
+        let qw = self.least_request.queue_weight;
+        if !(qw.is_finite() && qw >= 0.0) {
+            return Err(format!(
+                "leastRequest.queueWeight must be a non-negative number, got {qw}"
+            ));
+        }
+        let c = self.session_affinity.load_factor;
+        if !(c.is_finite() && c >= 1.0) {
+            return Err(format!(
+                "sessionAffinity.loadFactor must be at least 1, got {c}"
+            ));
+        }
+        if self.session_affinity.header.is_empty()
+            || hyper::header::HeaderName::from_bytes(self.session_affinity.header.as_bytes())
+                .is_err()
+        {
+            return Err(format!(
+                "sessionAffinity.header {:?} is not a valid header name",
+                self.session_affinity.header
+            ));
+        }
+        Ok(())
+    }
+
+    /// Weight of `kind`, 0 when disabled.
+    pub fn weight(&self, kind: PluginKind) -> f64 {
+        self.plugins
+            .iter()
+            .find(|p| p.name == kind)
+            .map_or(0.0, |p| p.weight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_yaml_with_defaults_for_what_is_left_out() {
+        let p = SchedulerProfile::parse(
+            "plugins:\n- {name: round-robin}\n- {name: kv-cache-usage, weight: 3}\n",
+        )
+        .unwrap();
+        assert_eq!(p.weight(PluginKind::RoundRobin), 1.0);
+        assert_eq!(p.weight(PluginKind::KvCacheUsage), 3.0);
+        assert_eq!(p.weight(PluginKind::LeastRequest), 0.0);
+        assert_eq!(p.session_affinity.header, "x-session-id");
+    }
+
+    #[test]
+    fn bad_profiles_name_the_field() {
+        let cases = [
+            ("plugins: [{name: fastest}]", "unknown variant"),
+            ("plugins: [{name: random, weight: -1}]", "plugins[0].weight"),
+            (
+                "plugins: [{name: random}, {name: random}]",
+                "plugins[1].name random is listed twice",
+            ),
+            (
+                "sessionAffinity: {loadFactor: 0.5}",
+                "sessionAffinity.loadFactor",
+            ),
+            ("sessionAffinity: {header: 'a b'}", "sessionAffinity.header"),
+            (
+                "leastRequest: {queueWeight: -2}",
+                "leastRequest.queueWeight",
+            ),
+            ("plugin: []", "unknown field `plugin`"),
+        ];
+        for (text, want) in cases {
+            let err = SchedulerProfile::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

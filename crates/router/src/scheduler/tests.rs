@@ -1,0 +1,366 @@
+//! Table and property tests of the scheduling function.
+
+use super::*;
+use proptest::prelude::*;
+
+fn view(name: &str) -> EndpointView<'_> {
+    EndpointView {
+        name,
+        in_flight_requests: 0,
+        in_flight_tokens: 0,
+        engine: Some(EngineLoad::default()),
+        engine_fresh: true,
+        ejected: false,
+    }
+}
+
+fn only(kind: PluginKind) -> SchedulerProfile {
+    SchedulerProfile {
+        plugins: vec![PluginWeight {
+            name: kind,
+            weight: 1.0,
+        }],
+        ..SchedulerProfile::default()
+    }
+}
+
+fn req(seed: u64) -> ScheduleRequest<'static> {
+    ScheduleRequest {
+        random_seed: seed,
+        ..ScheduleRequest::default()
+    }
+}
+
+#[test]
+fn empty_snapshot_is_an_error_not_a_panic() {
+    let err = schedule(&[], &SchedulerProfile::default(), &req(1)).unwrap_err();
+    assert_eq!(err, ScheduleError::NoEndpoints);
+}
+
+#[test]
+fn least_request_table() {
+    struct Case {
+        what: &'static str,
+        in_flight: [u32; 3],
+        waiting: [f64; 3],
+        running: [f64; 3],
+        want: usize,
+    }
+    let cases = [
+        Case {
+            what: "router in-flight decides when engines report nothing",
+            in_flight: [3, 1, 2],
+            waiting: [0.0; 3],
+            running: [0.0; 3],
+            want: 1,
+        },
+        Case {
+            what: "an engine queue (other replicas' traffic) outweighs local in-flight",
+            in_flight: [0, 1, 1],
+            waiting: [6.0, 0.0, 0.0],
+            running: [4.0, 1.0, 2.0],
+            want: 1,
+        },
+        Case {
+            what: "running counts when above the router's own count",
+            in_flight: [1, 1, 1],
+            waiting: [0.0; 3],
+            running: [9.0, 8.0, 2.0],
+            want: 2,
+        },
+    ];
+    for c in cases {
+        let names = ["a", "b", "c"];
+        let views: Vec<EndpointView> = (0..3)
+            .map(|i| EndpointView {
+                in_flight_requests: c.in_flight[i],
+                engine: Some(EngineLoad {
+                    waiting: c.waiting[i],
+                    running: c.running[i],
+                    kv_cache_usage: 0.0,
+                }),
+                ..view(names[i])
+            })
+            .collect();
+        for seed in 0..20 {
+            let d = schedule(&views, &only(PluginKind::LeastRequest), &req(seed)).unwrap();
+            assert_eq!(d.index, c.want, "{}", c.what);
+        }
+    }
+}
+
+#[test]
+fn stale_metrics_are_scored_as_the_worst_fresh_ones() {
+    // "b" reported an empty queue long ago; "a" and "c" are fresh and busy. Trusting the stale
+    // zero would send everything to "b".
+    let mut views = vec![view("a"), view("b"), view("c")];
+    views[0].engine = Some(EngineLoad {
+        waiting: 5.0,
+        running: 8.0,
+        kv_cache_usage: 0.9,
+    });
+    views[1].engine_fresh = false;
+    views[2].engine = Some(EngineLoad {
+        waiting: 1.0,
+        running: 4.0,
+        kv_cache_usage: 0.4,
+    });
+    for seed in 0..20 {
+        let d = schedule(&views, &only(PluginKind::LeastRequest), &req(seed)).unwrap();
+        assert_eq!(d.index, 2);
+        let d = schedule(&views, &only(PluginKind::KvCacheUsage), &req(seed)).unwrap();
+        assert_eq!(d.index, 2);
+    }
+    // A never-scraped endpoint is treated the same way.
+    views[1].engine = None;
+    let d = schedule(&views, &only(PluginKind::KvCacheUsage), &req(3)).unwrap();
+    assert_eq!(d.index, 2);
+}
+
+#[test]
+fn kv_cache_usage_prefers_the_emptiest_cache() {
+    let mut views = vec![view("a"), view("b")];
+    views[0].engine.as_mut().unwrap().kv_cache_usage = 0.7;
+    views[1].engine.as_mut().unwrap().kv_cache_usage = 0.2;
+    let d = schedule(&views, &only(PluginKind::KvCacheUsage), &req(0)).unwrap();
+    assert_eq!(d.index, 1);
+    assert!((d.scores[0].1 - 0.8).abs() < 1e-12);
+}
+
+#[test]
+fn round_robin_visits_every_endpoint_in_turn() {
+    let views = vec![view("c"), view("a"), view("b")];
+    let picks: Vec<&str> = (0..6)
+        .map(|pos| {
+            let r = ScheduleRequest {
+                round_robin: pos,
+                ..req(pos)
+            };
+            views[schedule(&views, &only(PluginKind::RoundRobin), &r)
+                .unwrap()
+                .index]
+                .name
+        })
+        .collect();
+    assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+}
+
+#[test]
+fn filters_fail_open() {
+    let mut views = vec![view("a"), view("b")];
+    views[0].ejected = true;
+    views[1].ejected = true;
+    let d = schedule(&views, &SchedulerProfile::default(), &req(1)).unwrap();
+    assert_eq!(
+        d.candidates, 2,
+        "all ejected: try them anyway rather than refuse"
+    );
+
+    views[0].ejected = false;
+    for seed in 0..20 {
+        let d = schedule(&views, &SchedulerProfile::default(), &req(seed)).unwrap();
+        assert_eq!(
+            d.index, 0,
+            "ejected endpoints are skipped while others exist"
+        );
+    }
+}
+
+#[test]
+fn retries_avoid_endpoints_already_tried() {
+    let views = vec![view("a"), view("b"), view("c")];
+    for seed in 0..50 {
+        let r = ScheduleRequest {
+            exclude: &[0, 2],
+            ..req(seed)
+        };
+        assert_eq!(
+            schedule(&views, &only(PluginKind::Random), &r)
+                .unwrap()
+                .index,
+            1
+        );
+    }
+    // With one endpoint, a retry goes back to it.
+    let one = vec![view("a")];
+    let r = ScheduleRequest {
+        exclude: &[0],
+        ..req(0)
+    };
+    assert_eq!(
+        schedule(&one, &only(PluginKind::Random), &r).unwrap().index,
+        0
+    );
+}
+
+#[test]
+fn max_waiting_filter_removes_saturated_engines() {
+    let mut views = vec![view("a"), view("b")];
+    views[0].engine.as_mut().unwrap().waiting = 40.0;
+    let mut profile = only(PluginKind::Random);
+    profile.plugins.push(PluginWeight {
+        name: PluginKind::LeastRequest,
+        weight: 0.0001,
+    });
+    profile.least_request.max_waiting_requests = Some(32);
+    for seed in 0..30 {
+        let d = schedule(&views, &profile, &req(seed)).unwrap();
+        assert_eq!(d.index, 1);
+        assert_eq!(d.candidates, 1);
+    }
+}
+
+#[test]
+fn ties_are_broken_at_random_not_by_position() {
+    let views = vec![view("a"), view("b"), view("c"), view("d")];
+    let mut counts = [0u32; 4];
+    for seed in 0..4000 {
+        counts[schedule(&views, &only(PluginKind::LeastRequest), &req(seed))
+            .unwrap()
+            .index] += 1;
+    }
+    for c in counts {
+        assert!((800..1200).contains(&c), "{counts:?}");
+    }
+}
+
+#[test]
+fn session_affinity_pins_a_conversation_and_outweighs_load() {
+    let views = vec![view("a"), view("b"), view("c")];
+    let profile = SchedulerProfile::default();
+    let first = schedule(
+        &views,
+        &profile,
+        &ScheduleRequest {
+            session: Some("conv-42"),
+            ..req(0)
+        },
+    )
+    .unwrap();
+    let mut busier = views.clone();
+    busier[first.index].in_flight_requests = 1;
+    busier[first.index].in_flight_tokens = 500;
+    for seed in 1..30 {
+        let d = schedule(
+            &busier,
+            &profile,
+            &ScheduleRequest {
+                session: Some("conv-42"),
+                ..req(seed)
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            d.index, first.index,
+            "a slightly busier pod keeps its session"
+        );
+        assert_eq!(d.session.unwrap().preferred, first.index);
+    }
+    // Far above the bound, the session spills.
+    busier[first.index].in_flight_requests = 50;
+    busier[first.index].in_flight_tokens = 50_000;
+    let d = schedule(
+        &busier,
+        &profile,
+        &ScheduleRequest {
+            session: Some("conv-42"),
+            ..req(7)
+        },
+    )
+    .unwrap();
+    assert_ne!(d.index, first.index);
+}
+
+/// (in-flight requests, in-flight tokens, engine (waiting, running, kv), fresh, ejected)
+type RawView = (u32, u64, Option<(f64, f64, f64)>, bool, bool);
+
+fn arb_view() -> impl Strategy<Value = RawView> {
+    (
+        0u32..64,
+        0u64..100_000,
+        prop::option::of((0.0f64..64.0, 0.0f64..256.0, 0.0f64..1.0)),
+        any::<bool>(),
+        prop::bool::weighted(0.2),
+    )
+}
+
+fn arb_profile() -> impl Strategy<Value = SchedulerProfile> {
+    prop::collection::vec((0usize..5, 0.0f64..5.0), 0..5).prop_map(|ws| {
+        let mut plugins: Vec<PluginWeight> = Vec::new();
+        for (k, w) in ws {
+            let name = PluginKind::ALL[k];
+            if plugins.iter().all(|p| p.name != name) {
+                plugins.push(PluginWeight { name, weight: w });
+            }
+        }
+        SchedulerProfile {
+            plugins,
+            ..SchedulerProfile::default()
+        }
+    })
+}
+
+proptest! {
+    #[test]
+    fn decisions_are_valid_deterministic_and_scores_bounded(
+        raw in prop::collection::vec(arb_view(), 1..10),
+        profile in arb_profile(),
+        seed in any::<u64>(),
+        rr in any::<u64>(),
+        session in prop::option::of("[a-z]{1,8}"),
+        exclude_first in any::<bool>(),
+    ) {
+        let names: Vec<String> = (0..raw.len()).map(|i| format!("pod-{i}")).collect();
+        let views: Vec<EndpointView> = raw.iter().zip(&names).map(|((r, t, e, fresh, ej), n)| EndpointView {
+            name: n,
+            in_flight_requests: *r,
+            in_flight_tokens: *t,
+            engine: e.map(|(w, run, kv)| EngineLoad { waiting: w, running: run, kv_cache_usage: kv }),
+            engine_fresh: *fresh,
+            ejected: *ej,
+        }).collect();
+        let exclude: Vec<usize> = if exclude_first { vec![0] } else { vec![] };
+        let r = ScheduleRequest { session: session.as_deref(), exclude: &exclude, random_seed: seed, round_robin: rr };
+        let a = schedule(&views, &profile, &r).unwrap();
+        let b = schedule(&views, &profile, &r).unwrap();
+        prop_assert_eq!(&a, &b);
+        prop_assert!(a.index < views.len());
+        for (_, s) in &a.scores {
+            prop_assert!((0.0..=1.0).contains(s));
+        }
+        if exclude_first && views.len() > 1 {
+            prop_assert_ne!(a.index, 0);
+        }
+        let usable = (0..views.len()).any(|i| !(views[i].ejected || exclude_first && i == 0));
+        if usable {
+            prop_assert!(!views[a.index].ejected, "picked an ejected endpoint while others were usable");
+        }
+    }
+
+    #[test]
+    fn least_request_alone_picks_a_least_loaded_endpoint(
+        in_flight in prop::collection::vec(0u32..20, 1..8), seed in any::<u64>(),
+    ) {
+        let names: Vec<String> = (0..in_flight.len()).map(|i| format!("pod-{i}")).collect();
+        let views: Vec<EndpointView> = in_flight.iter().zip(&names).map(|(r, n)| EndpointView {
+            in_flight_requests: *r, in_flight_tokens: u64::from(*r) * 100, ..view(n)
+        }).collect();
+        let d = schedule(&views, &only(PluginKind::LeastRequest), &req(seed)).unwrap();
+        prop_assert_eq!(in_flight[d.index], *in_flight.iter().min().unwrap());
+    }
+
+    #[test]
+    fn session_choice_is_the_same_on_every_replica_whatever_the_snapshot_order(
+        n in 1usize..8, session in "[a-z0-9]{1,10}", seed_a in any::<u64>(), seed_b in any::<u64>(),
+        rotate in 0usize..8,
+    ) {
+        let names: Vec<String> = (0..n).map(|i| format!("pod-{i}")).collect();
+        let views: Vec<EndpointView> = names.iter().map(|n| view(n)).collect();
+        let mut rotated = views.clone();
+        rotated.rotate_left(rotate % n);
+        let profile = only(PluginKind::SessionAffinity);
+        let a = schedule(&views, &profile, &ScheduleRequest { session: Some(&session), ..req(seed_a) }).unwrap();
+        let b = schedule(&rotated, &profile, &ScheduleRequest { session: Some(&session), ..req(seed_b) }).unwrap();
+        prop_assert_eq!(views[a.index].name, rotated[b.index].name);
+    }
+}
