@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint crds cluster-up cluster-down cluster-logs bench-controller
+.PHONY: test lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller
 
 ## Everything CI checks: formatting, clippy, CRDs up to date, unit and end-to-end tests.
 test:
@@ -35,3 +35,10 @@ bench-controller:
 	bash hack/cluster-up.sh
 	$(CARGO) build -q -p muster-controller --bin muster-controller
 	$(CARGO) run -q -p muster-e2e --bin bench-controller -- $(BENCH_ARGS)
+
+## Every benchmark that exists so far (router overhead beside nginx, controller scale).
+bench: bench-router-overhead bench-controller
+
+## Router overhead vs direct and vs nginx on loopback (installs nginx if missing; ~6 minutes).
+bench-router-overhead:
+	bash hack/bench-router-overhead.sh
