@@ -48,6 +48,12 @@ pub const TOPOLOGY_SPINE: &str = "topology.muster.dev/spine";
 /// Node label naming the node's rack (leaf switch) in the local control plane's fake topology.
 pub const TOPOLOGY_RACK: &str = "topology.muster.dev/rack";
 
+/// ModelServing annotation: automatic network-topology tier choice, `hard` (default), `soft` or
+/// `off`. Scopes with an explicit user bound are never changed by it.
+pub const TIER_CHOICE: &str = "topology.muster.dev/tier-choice";
+/// PodGroup annotation: the JSON `TierDecision` the PodGroup's network topology came from.
+pub const TIER_DECISION: &str = "topology.muster.dev/tier-decision";
+
 /// Extended resource name of NVIDIA GPUs.
 pub const NVIDIA_GPU: &str = "nvidia.com/gpu";
 

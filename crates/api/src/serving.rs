@@ -358,6 +358,51 @@ pub struct ServingGroupStatus {
     /// Per-role counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<RoleStatus>,
+    /// Which network-topology tiers the group's PodGroup carries, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TierDecision>,
+}
+
+/// How a ServingGroup's network-topology constraints were chosen: automatically (the lowest
+/// HyperNode tier whose HyperNodes can hold the pods) or from the user's `networkTopology`.
+/// The controller records it on the group's PodGroup (annotation
+/// `topology.muster.dev/tier-decision`), so a restarted controller keeps it instead of choosing
+/// again, and copies it into the group's status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TierDecision {
+    /// Fingerprint of the demand and settings the decision was made for; when it changes the
+    /// controller decides again.
+    #[serde(default)]
+    pub demand: String,
+    /// The whole group (PodGroup `spec.networkTopology`).
+    #[serde(default)]
+    pub group: ScopeDecision,
+    /// One per role: the constraint on each role instance (`subGroupPolicy[].networkTopology`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<ScopeDecision>,
+}
+
+/// The decision for one scope of a ServingGroup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeDecision {
+    /// `group`, or the role name.
+    #[serde(default)]
+    pub scope: String,
+    /// The constraint written to the PodGroup; none means unconstrained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_topology: Option<NetworkTopologySpec>,
+    /// Chosen by Muster rather than taken from the user's policy.
+    #[serde(default)]
+    pub automatic: bool,
+    /// A hard constraint that no HyperNode can meet: the pods stay Pending until the topology
+    /// changes (Muster never loosens a user's hard constraint).
+    #[serde(default)]
+    pub infeasible: bool,
+    /// Why, in one line.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Observed state of one role inside a ServingGroup.

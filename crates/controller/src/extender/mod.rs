@@ -7,7 +7,8 @@
 //! the pure request handling; `server` is the axum and watch shell. Volcano must run it with
 //! `extender.ignorable: true`, so a dead or slow extender never blocks scheduling.
 
-pub mod relist;
+/// Re-exported from the shared watch plumbing (`crate::watch`).
+pub use crate::watch::relist;
 pub mod server;
 pub mod state;
 

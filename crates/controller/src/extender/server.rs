@@ -10,18 +10,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use muster_api::labels::{GROUP_NAME, MODEL_SERVING_NAME};
 use muster_api::volcano::{HyperNode, PodGroup};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::relist::{Change, Relist};
+use super::relist::Change;
 use super::state::ExtenderState;
 
 type Shared = Arc<RwLock<ExtenderState>>;
@@ -79,24 +77,7 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    tokio::spawn(async move {
-        let mut relist = Relist::default();
-        let mut events = watcher(api, cfg).default_backoff().boxed();
-        while let Some(ev) = events.next().await {
-            match ev {
-                Ok(ev) => {
-                    let changes = relist.changes(ev);
-                    let mut s = state.write().expect("state lock");
-                    for c in changes {
-                        apply(&mut s, c);
-                    }
-                }
-                Err(e) => {
-                    warn!(kind = %K::kind(&Default::default()), error = %e, "watch error (retried)")
-                }
-            }
-        }
-    })
+    crate::watch::spawn(api, cfg, state, apply, crate::watch::ignore_listed)
 }
 
 /// Serves the extender on `listener` until `shutdown` completes, keeping its state current from

@@ -10,15 +10,16 @@ use muster_api::volcano::{HyperNode, NetworkTopologyMode, PodGroup};
 use muster_topology::extender::{
     self, Membership, ParseError, Placements, PredicateResponse, PrioritizeResponse,
 };
-use muster_topology::{Topology, WatchEvent};
+use muster_topology::Topology;
 
 use super::relist::Change;
+use crate::watch::TopologyCache;
 
 /// The extender's cache. Pods are kept outside the [`Topology`] because only ServingGroup pods
 /// are watched (scoring needs their placement, not cluster-wide capacity).
 #[derive(Debug, Default)]
 pub struct ExtenderState {
-    topology: Topology,
+    topology: TopologyCache,
     pods: BTreeMap<(String, String), Pod>,
     /// (namespace, PodGroup) -> role -> hard `highestTierAllowed` of that role's instances.
     bounds: BTreeMap<(String, String), BTreeMap<String, i32>>,
@@ -50,18 +51,12 @@ pub fn instance_bounds(pg: &PodGroup) -> BTreeMap<String, i32> {
 impl ExtenderState {
     /// Applies a Node change.
     pub fn node(&mut self, c: Change<Node>) {
-        self.topology.apply(&match c {
-            Change::Applied(n) => WatchEvent::NodeApplied(Box::new(n)),
-            Change::Deleted(_, name) => WatchEvent::NodeDeleted(name),
-        });
+        self.topology.node(c);
     }
 
     /// Applies a HyperNode change.
     pub fn hypernode(&mut self, c: Change<HyperNode>) {
-        self.topology.apply(&match c {
-            Change::Applied(h) => WatchEvent::HyperNodeApplied(Box::new(h)),
-            Change::Deleted(_, name) => WatchEvent::HyperNodeDeleted(name),
-        });
+        self.topology.hypernode(c);
     }
 
     /// Applies a ServingGroup Pod change.
@@ -99,7 +94,7 @@ impl ExtenderState {
 
     /// The graph (for tests and diagnostics).
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        self.topology.topology()
     }
 
     fn placements(&self) -> Arc<Placements> {
@@ -134,7 +129,7 @@ impl ExtenderState {
         let req = extender::parse_predicate(body)?;
         let bound = self.bound_for(&req.task);
         Ok(extender::predicate(
-            &self.topology,
+            self.topology.topology(),
             &self.placements(),
             &req,
             bound,
@@ -145,7 +140,7 @@ impl ExtenderState {
     pub fn prioritize(&self, body: &[u8]) -> Result<PrioritizeResponse, ParseError> {
         let req = extender::parse_prioritize(body)?;
         Ok(extender::prioritize(
-            &self.topology,
+            self.topology.topology(),
             &self.placements(),
             &req,
         ))

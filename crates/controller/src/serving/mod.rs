@@ -1,6 +1,6 @@
 //! The ModelServing controller: observe → plan → apply.
 //!
-//! `observe`, `expand`, `revision`, `plan` and `status` are pure and hold all the logic;
+//! `observe`, `expand`, `revision`, `tier`, `plan` and `status` are pure and hold all the logic;
 //! `reconcile` is the thin shell that lists objects, runs the planner and applies its plan.
 
 pub mod expand;
@@ -10,3 +10,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod revision;
 pub mod status;
+pub mod tier;

@@ -12,14 +12,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use muster_api::serving::TierDecision;
 use muster_api::serving::{ModelServing, RecoveryPolicy, RolloutStrategyType};
 use muster_api::volcano::PodGroup;
+use muster_topology::Topology;
 
 use super::expand::{self, Owner, PodSlot};
 use super::naming;
 use super::observe::{self, GroupObjects, Observed};
 use super::revision::{self, RevisionTemplate};
 use super::status::{self, GroupHealth};
+use super::tier::{self, AutoTier, Fresh, Resolution};
 
 /// Ordered actions for the shell to carry out.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +82,84 @@ pub struct PlannedEvent {
     pub note: String,
 }
 
+/// Tier decisions of one plan: the topology (when known), the ModelServing's setting, fresh
+/// decisions per revision (computed once per reconcile) and the decision per group.
+struct Tiers<'a> {
+    topology: Option<&'a Topology>,
+    setting: AutoTier,
+    setting_problem: Option<String>,
+    fresh: BTreeMap<String, Fresh>,
+    decisions: BTreeMap<i32, TierDecision>,
+}
+
+impl Tiers<'_> {
+    /// The desired PodGroup of group `index` at `rev`, carrying its tier decision; records an
+    /// Event when the decision is new or changed.
+    fn pod_group(
+        &mut self,
+        plan: &mut Plan,
+        owner: &Owner,
+        index: i32,
+        rev: &str,
+        template: &RevisionTemplate,
+        objects: Option<&GroupObjects<'_>>,
+    ) -> PodGroup {
+        let mut pg = expand::pod_group(owner, index, rev, template);
+        let fresh = self.topology.map(|t| {
+            self.fresh
+                .entry(rev.to_string())
+                .or_insert_with(|| tier::decide(&template.template, self.setting, t))
+                .clone()
+        });
+        let existing = objects
+            .and_then(|o| o.pod_group)
+            .filter(|p| !observe::is_terminating(&p.metadata));
+        let placed = objects.is_some_and(|o| {
+            o.pods
+                .values()
+                .any(|p| !observe::is_terminating(&p.metadata) && observe::pod_scheduled(p))
+        });
+        let (decision, how) = tier::resolve(
+            &template.template,
+            fresh.as_ref(),
+            existing.and_then(tier::pinned),
+            placed,
+        );
+        tier::apply(&decision, &mut pg, how != Resolution::Unknown);
+        if !matches!(how, Resolution::Kept | Resolution::Unknown) {
+            let group = naming::group_name(&owner.name, index);
+            let why = match how {
+                Resolution::DemandChanged => " (demand or setting changed)",
+                Resolution::Replanned => " (topology changed, nothing placed yet)",
+                Resolution::NoLongerFeasible => " (the pinned bound can no longer be met)",
+                _ => "",
+            };
+            let problem = self
+                .setting_problem
+                .as_ref()
+                .map(|p| format!(" [{p}]"))
+                .unwrap_or_default();
+            plan.note(
+                "TierChosen",
+                format!("{group}{why}: {}{problem}", tier::summary(&decision)),
+            );
+            if tier::infeasible(&decision) {
+                plan.events.push(PlannedEvent {
+                    warning: true,
+                    reason: "TierInfeasible".into(),
+                    note: format!(
+                        "{group}: a hard network-topology constraint no HyperNode can meet; the gang \
+                         stays Pending until the topology changes: {}",
+                        tier::summary(&decision)
+                    ),
+                });
+            }
+        }
+        self.decisions.insert(index, decision);
+        pg
+    }
+}
+
 /// Resolved rollout bounds, in groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RolloutBounds {
@@ -125,9 +206,30 @@ pub fn rollout_bounds(ms: &ModelServing) -> RolloutBounds {
     }
 }
 
-/// Plans one reconcile of a ModelServing.
+/// Plans one reconcile of a ModelServing without a topology: user network-topology policies
+/// are written as given and nothing is chosen automatically.
 pub fn plan_serving_groups(observed: &Observed) -> Plan {
+    plan_serving_groups_with(observed, None)
+}
+
+/// Plans one reconcile of a ModelServing. With `topology` (the HyperNode/Node graph, once
+/// listed), each group's PodGroup gets the network-topology tiers [`tier`] decides.
+pub fn plan_serving_groups_with(observed: &Observed, topology: Option<&Topology>) -> Plan {
     let ms = &observed.ms;
+    let (setting, setting_problem) = AutoTier::parse(
+        ms.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(muster_api::labels::TIER_CHOICE))
+            .map(String::as_str),
+    );
+    let mut tiers = Tiers {
+        topology,
+        setting,
+        setting_problem,
+        fresh: BTreeMap::new(),
+        decisions: BTreeMap::new(),
+    };
     let owner = Owner {
         name: ms.metadata.name.clone().unwrap_or_default(),
         namespace: ms.metadata.namespace.clone().unwrap_or_default(),
@@ -257,8 +359,15 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
         // one by one within each role's partition and maxUnavailable.
         for i in candidates.drain(..) {
             replacing.insert(i);
-            plan.apply_pod_groups
-                .push(expand::pod_group(&owner, i, &update_rev, &update_template));
+            let pg = tiers.pod_group(
+                &mut plan,
+                &owner,
+                i,
+                &update_rev,
+                &update_template,
+                Some(&groups[&i]),
+            );
+            plan.apply_pod_groups.push(pg);
             plan.note(
                 "RollingUpdate",
                 format!(
@@ -276,8 +385,15 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
             ready_left -= 1;
         }
         replacing.insert(i);
-        plan.apply_pod_groups
-            .push(expand::pod_group(&owner, i, &update_rev, &update_template));
+        let pg = tiers.pod_group(
+            &mut plan,
+            &owner,
+            i,
+            &update_rev,
+            &update_template,
+            Some(&groups[&i]),
+        );
+        plan.apply_pod_groups.push(pg);
         for (name, pod) in &groups[&i].pods {
             if !observe::is_terminating(&pod.metadata) {
                 plan.deletes.push(Delete::Pod(name.clone()));
@@ -317,7 +433,7 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
                 update_rev.clone()
             };
             let template = &templates[&rev];
-            create_group(&mut plan, &owner, ordinal, &rev, template);
+            create_group(&mut plan, &mut tiers, &owner, ordinal, &rev, template);
             plan.note(
                 "GroupCreated",
                 format!(
@@ -345,6 +461,7 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
         let template = templates.get(&h.revision).unwrap_or(&update_template);
         maintain_group(
             &mut plan,
+            &mut tiers,
             &owner,
             index,
             &h.revision,
@@ -375,6 +492,14 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
         previous_current.as_deref(),
         &bounds,
     );
+    for sg in &mut plan.status.serving_groups {
+        sg.topology = tiers.decisions.get(&sg.index).cloned().or_else(|| {
+            groups
+                .get(&sg.index)
+                .and_then(|g| g.pod_group)
+                .and_then(tier::pinned)
+        });
+    }
     plan.prune_revisions = prunable_revisions(
         observed,
         &health,
@@ -386,13 +511,14 @@ pub fn plan_serving_groups(observed: &Observed) -> Plan {
 
 fn create_group(
     plan: &mut Plan,
+    tiers: &mut Tiers<'_>,
     owner: &Owner,
     index: i32,
     rev: &str,
     template: &RevisionTemplate,
 ) {
-    plan.apply_pod_groups
-        .push(expand::pod_group(owner, index, rev, template));
+    let pg = tiers.pod_group(plan, owner, index, rev, template, None);
+    plan.apply_pod_groups.push(pg);
     for role in &template.template.roles {
         for r in 0..role.replicas {
             plan.create_services
@@ -439,6 +565,7 @@ enum SlotState {
 #[allow(clippy::too_many_arguments)]
 fn maintain_group(
     plan: &mut Plan,
+    tiers: &mut Tiers<'_>,
     owner: &Owner,
     index: i32,
     rev: &str,
@@ -450,11 +577,21 @@ fn maintain_group(
     role_rolling: bool,
 ) {
     // PodGroup first: pods without their gang would be scheduled one by one.
-    let desired_pg = expand::pod_group(owner, index, rev, template);
+    let desired_pg = tiers.pod_group(plan, owner, index, rev, template, Some(objects));
     let pg_current = objects
         .pod_group
         .filter(|pg| !observe::is_terminating(&pg.metadata));
-    if pg_current.is_none_or(|pg| pg.spec != desired_pg.spec)
+    let decision_of = |pg: &PodGroup| {
+        pg.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(muster_api::labels::TIER_DECISION).cloned())
+    };
+    let decision_differs = |pg: &PodGroup| {
+        let want = decision_of(&desired_pg);
+        want.is_some() && decision_of(pg) != want
+    };
+    if pg_current.is_none_or(|pg| pg.spec != desired_pg.spec || decision_differs(pg))
         && objects
             .pod_group
             .is_none_or(|pg| !observe::is_terminating(&pg.metadata))

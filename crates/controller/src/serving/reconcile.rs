@@ -24,8 +24,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::observe::Observed;
-use super::plan::{plan_serving_groups, Delete, Plan};
+use super::plan::{plan_serving_groups_with, Delete, Plan};
 use crate::metrics::Metrics;
+use crate::watch::{self, SharedTopology};
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -35,7 +36,14 @@ pub struct Context {
     pub recorder: Recorder,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// HyperNodes and Nodes, kept from watches, for the network-topology tier choice.
+    pub topology: SharedTopology,
 }
+
+/// How long `run` waits for the first listing of Nodes and HyperNodes before reconciling
+/// anyway (without automatic tiers until they are listed, e.g. when the HyperNode CRD is
+/// missing).
+const TOPOLOGY_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// Errors a reconcile can end with; all are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +76,23 @@ pub async fn run(
         controller: "muster-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let topology = SharedTopology::default();
+    let topology_watches = watch::watch_topology(&client, &topology);
+    // Groups created before the topology is known would get no automatic tier, so give the
+    // first listing a moment (it takes well under a second on a healthy API server).
+    let waited = Instant::now();
+    while !topology.read().expect("topology lock").synced() {
+        if waited.elapsed() > TOPOLOGY_SYNC_WAIT {
+            warn!("Nodes/HyperNodes not listed after {TOPOLOGY_SYNC_WAIT:?}; reconciling without automatic network-topology tiers until they are");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
+        topology,
     });
     let selector = watcher::Config::default().labels(labels::MODEL_SERVING_NAME);
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -121,6 +142,9 @@ pub async fn run(
         })
         .await;
     backlog.abort();
+    for w in topology_watches {
+        w.abort();
+    }
 }
 
 fn error_policy(_ms: Arc<ModelServing>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -140,7 +164,11 @@ pub async fn reconcile(ms: Arc<ModelServing>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let observed = observe(&ctx.client, &ms, &ns, &name).await?;
-    let plan = plan_serving_groups(&observed);
+    let plan = {
+        // Planning is synchronous: the read lock is never held across an await.
+        let cache = ctx.topology.read().expect("topology lock");
+        plan_serving_groups_with(&observed, cache.synced().then(|| cache.topology()))
+    };
     apply(&ctx, &ms, &ns, &plan).await?;
     ctx.metrics
         .reconcile_duration

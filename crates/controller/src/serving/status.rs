@@ -315,6 +315,7 @@ pub fn model_serving_status(
                 revision: Some(h.revision.clone()),
                 message: h.message.clone(),
                 roles: h.roles.clone(),
+                topology: None,
             })
             .collect(),
     }
