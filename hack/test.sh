@@ -25,6 +25,7 @@ step "local control plane up"
 bash hack/cluster-up.sh
 
 step "unit and end-to-end tests"
+bash hack/redis.sh ensure # router traffic-policy tests start private redis-server instances
 cargo test --workspace
 
 step "cluster scripts: a second cluster-up is a no-op, cluster-down leaves nothing behind"

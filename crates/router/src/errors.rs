@@ -58,6 +58,72 @@ impl ApiError {
         )
     }
 
+    /// 401 with the reason credentials were refused.
+    pub fn authentication_failed(message: String) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+            message,
+        )
+    }
+
+    /// 403: the caller's allow list does not include this model.
+    pub fn model_not_allowed(model: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_allowed",
+            format!("Your credentials do not allow the model `{model}`."),
+        );
+        e.param = Some("model");
+        e
+    }
+
+    /// 429: a token rate limit is exhausted (the message says which and for how long).
+    pub fn rate_limited(message: String) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tokens",
+            "rate_limit_exceeded",
+            message,
+        )
+    }
+
+    /// 503: a global rate limit cannot be checked (Redis unreachable, fail-closed mode).
+    pub fn rate_limit_unavailable(model: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "rate_limit_unavailable",
+            format!("The global rate limit of model `{model}` cannot be checked right now (its Redis is unreachable); retry shortly."),
+        )
+    }
+
+    /// 429: the fair queue of a server is full.
+    pub fn queue_full(server: &str, depth: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_full",
+            format!("ModelServer {server} is saturated and {depth} requests are already queued; retry later."),
+        )
+    }
+
+    /// 429: a request waited the whole queue timeout without getting an endpoint slot.
+    pub fn queue_timeout(
+        server: &str,
+        timeout: std::time::Duration,
+        priority: crate::policy::identity::Priority,
+    ) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_timeout",
+            format!("ModelServer {server} stayed saturated: the request waited {timeout:?} in the {priority}-priority fair queue without a free slot; retry later."),
+        )
+    }
+
     /// 404: no ModelRoute serves this model name.
     pub fn model_not_found(model: &str) -> Self {
         let mut e = Self::new(

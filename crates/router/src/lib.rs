@@ -13,6 +13,8 @@
 //! * [`proxy`] is the thin shell: parse just enough of the request to route it, pick an
 //!   endpoint, forward with a pooled hyper client, retry only before the first byte, and relay
 //!   the response chunk by chunk.
+//! * [`policy`] is traffic policy: authentication, token rate limits (local and Redis-global)
+//!   and fair queuing in front of saturated servers.
 
 pub mod config;
 pub mod duration;
@@ -20,6 +22,7 @@ pub mod endpoints;
 pub mod errors;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod scheduler;
 pub mod server;

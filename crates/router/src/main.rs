@@ -1,6 +1,5 @@
 //! `muster-router`: the OpenAI-compatible gateway (see the crate docs and README).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +14,12 @@ use muster_router::endpoints::outlier::OutlierPolicy;
 use muster_router::endpoints::{EndpointRegistry, ScrapeConfig};
 use muster_router::logging::BackgroundStderr;
 use muster_router::metrics::Metrics;
+use muster_router::policy::auth::Authenticator;
+use muster_router::policy::fair_queue::FairQueueConfig;
+use muster_router::policy::jwt::{JwtConfig, JwtVerifier};
+use muster_router::policy::metrics::PolicyMetrics;
+use muster_router::policy::rate_limit::{FailMode, RateLimitConfig, Scope};
+use muster_router::policy::{identity, secrets, TrafficPolicy};
 use muster_router::proxy::client::UpstreamClients;
 use muster_router::proxy::{AppState, ProxyConfig};
 use muster_router::scheduler::SchedulerProfile;
@@ -96,10 +101,69 @@ struct Cli {
     /// Router-wide concurrent request limit (429 above); 0 means none.
     #[arg(long, default_value_t = 0)]
     max_in_flight: usize,
-    /// File with one accepted API key per line; when set, requests need
-    /// `Authorization: Bearer <key>` (401 otherwise).
+    /// File with one accepted API key per line, optionally followed by `tenant=`, `user=`,
+    /// `name=`, `models=a,b`, `priority=high|normal|low`, `weight=`; when set, requests need
+    /// `Authorization: Bearer <key>` (401 otherwise). Re-read on change.
     #[arg(long, env = "MUSTER_ROUTER_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
+    /// Kubernetes mode: accept API keys from Secrets matching --api-key-secret-selector.
+    #[arg(long)]
+    api_key_secrets: bool,
+    /// Label selector of API-key Secrets.
+    #[arg(long, default_value = "router.muster.dev/api-key=true")]
+    api_key_secret_selector: String,
+    /// Accept JWTs verified against the JWKS at this http:// URL.
+    #[arg(long, env = "MUSTER_ROUTER_JWKS_URL")]
+    jwt_jwks_url: Option<hyper::Uri>,
+    /// Required JWT `iss`.
+    #[arg(long)]
+    jwt_issuer: Option<String>,
+    /// Required JWT `aud`.
+    #[arg(long)]
+    jwt_audience: Option<String>,
+    /// JWT claim naming the tenant (absent: the `sub`).
+    #[arg(long, default_value = "tenant")]
+    jwt_tenant_claim: String,
+    /// JWT claim listing allowed models (absent: all).
+    #[arg(long, default_value = "models")]
+    jwt_models_claim: String,
+    /// JWT claim naming the priority class.
+    #[arg(long, default_value = "priority")]
+    jwt_priority_claim: String,
+    /// JWKS refresh interval.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    jwks_refresh: Duration,
+    /// Whose budget a ModelRoute rateLimit is: comma-separated model, tenant, user, key
+    /// (each listed scope gets its own buckets).
+    #[arg(long, default_value = "tenant")]
+    rate_limit_scope: String,
+    /// When Redis for a global limit is unreachable: local buckets, open (admit), closed (503).
+    #[arg(long, value_enum, default_value = "local")]
+    redis_fail_mode: FailMode,
+    /// Bound on every Redis call (rate limits and fairness sync).
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    redis_timeout: Duration,
+    /// Output tokens reserved for requests without max_tokens.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: u64,
+    /// Fair queuing: concurrent requests per Ready endpoint before requests queue; 0 = off.
+    #[arg(long, default_value_t = 0)]
+    queue_slots_per_endpoint: usize,
+    /// Longest wait in a fair queue (429 queue_timeout after).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    queue_timeout: Duration,
+    /// Most requests waiting per ModelServer (429 queue_full above).
+    #[arg(long, default_value_t = 1024)]
+    queue_max_depth: usize,
+    /// Window of attained service (weighted tokens) for fairness.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    fairness_window: Duration,
+    /// Share attained service across router replicas through this Redis (host:port).
+    #[arg(long)]
+    fairness_redis: Option<String>,
+    /// How often attained service is exchanged with Redis.
+    #[arg(long, default_value = "200ms", value_parser = duration)]
+    fairness_sync_interval: Duration,
     /// Engine /metrics scrape interval per endpoint.
     #[arg(long, default_value = "500ms", value_parser = duration)]
     metrics_interval: Duration,
@@ -173,6 +237,106 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+fn load_api_keys(path: &std::path::Path) -> anyhow::Result<identity::KeyTable> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    identity::parse_key_file(&text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}", path.display()))
+}
+
+fn build_policy(
+    cli: &Cli,
+    api_keys: Option<identity::KeyTable>,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<TrafficPolicy>> {
+    let jwt = match &cli.jwt_jwks_url {
+        Some(url) => {
+            anyhow::ensure!(
+                url.scheme_str() == Some("http"),
+                "--jwt-jwks-url {url}: only http:// URLs are supported (a loopback or in-cluster JWKS endpoint)"
+            );
+            Some(Arc::new(JwtVerifier::new(JwtConfig {
+                jwks_url: url.clone(),
+                issuer: cli.jwt_issuer.clone(),
+                audience: cli.jwt_audience.clone(),
+                tenant_claim: cli.jwt_tenant_claim.clone(),
+                models_claim: cli.jwt_models_claim.clone(),
+                priority_claim: cli.jwt_priority_claim.clone(),
+                refresh: cli.jwks_refresh,
+            })))
+        }
+        None => None,
+    };
+    let scopes = Scope::parse_list(&cli.rate_limit_scope)
+        .map_err(anyhow::Error::msg)
+        .context("--rate-limit-scope")?;
+    Ok(Arc::new(TrafficPolicy::new(
+        Authenticator::new(api_keys, jwt),
+        RateLimitConfig {
+            scopes,
+            fail_mode: cli.redis_fail_mode,
+            redis_timeout: cli.redis_timeout,
+            default_max_tokens: cli.default_max_tokens,
+        },
+        FairQueueConfig {
+            slots_per_endpoint: cli.queue_slots_per_endpoint,
+            timeout: cli.queue_timeout,
+            max_depth: cli.queue_max_depth.max(1),
+        },
+        cli.fairness_window,
+        cli.fairness_redis.clone(),
+        PolicyMetrics::register(metrics.registry()),
+    )))
+}
+
+/// JWKS refresh, API-key file reload and fairness sync, on the control runtime.
+fn spawn_policy_tasks(cli: &Cli, policy: &Arc<TrafficPolicy>) {
+    if let Some(jwt) = policy.auth.jwt().cloned() {
+        let every = cli.jwks_refresh;
+        tokio::spawn(async move {
+            loop {
+                match jwt.refresh().await {
+                    Ok(n) => tracing::info!(keys = n, "JWKS loaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the cached keys")
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    if let Some(path) = cli.api_keys_file.clone() {
+        let (policy, every) = (policy.clone(), cli.reload_interval);
+        tokio::spawn(async move {
+            let modified =
+                |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut seen = modified(&path);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = modified(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match load_api_keys(&path) {
+                    Ok(keys) => {
+                        tracing::info!(keys = keys.len(), "API keys reloaded");
+                        policy.auth.replace_keys(keys);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "API-key file not reloaded; keeping the previous keys")
+                    }
+                }
+            }
+        });
+    }
+    let attained = policy.queues.attained().clone();
+    if attained.shared() {
+        tokio::spawn(attained.run_sync(cli.fairness_sync_interval));
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let workers = cli
         .workers
@@ -197,20 +361,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let api_keys = match &cli.api_keys_file {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            let keys: HashSet<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string)
-                .collect();
+            let keys = load_api_keys(p)?;
             anyhow::ensure!(!keys.is_empty(), "{} holds no API keys", p.display());
             Some(keys)
         }
+        None if cli.api_key_secrets => Some(Default::default()),
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    let policy = build_policy(&cli, api_keys, &metrics)?;
     // Scrapes use the control runtime's own pool; requests use per-worker pools.
     let clients = UpstreamClients::new(cli.connect_timeout, cli.max_idle_per_endpoint);
     let registry = Arc::new(EndpointRegistry::new(
@@ -227,13 +386,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         base_ejection: cli.outlier_base_ejection,
         max_ejection: cli.outlier_max_ejection,
     };
-    let state = Arc::new(AppState::new(
+    let state = Arc::new(AppState::with_policy(
         ProxyConfig {
             max_body_bytes: cli.max_body_bytes,
             body_read_timeout: cli.body_read_timeout,
             stream_idle_timeout: cli.stream_idle_timeout,
             outlier,
-            api_keys,
             max_in_flight: cli.max_in_flight,
             connect_timeout: cli.connect_timeout,
             max_idle_per_endpoint: cli.max_idle_per_endpoint,
@@ -241,7 +399,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         metrics.clone(),
         registry,
+        policy.clone(),
     ));
+    spawn_policy_tasks(&cli, &policy);
 
     let public = bind_reuseport(cli.listen, workers)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
@@ -292,6 +452,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("Kubernetes mode needs a kubeconfig or in-cluster credentials (or pass --config for standalone mode)")?;
+            if cli.api_key_secrets {
+                tokio::spawn(secrets::watch(
+                    client.clone(),
+                    cli.namespace.clone(),
+                    cli.api_key_secret_selector.clone(),
+                    policy.clone(),
+                ));
+            }
             let state = state.clone();
             let metrics = metrics.clone();
             let apply: kubernetes::Apply = Arc::new(move |input: ConfigInput| {

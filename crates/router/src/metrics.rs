@@ -237,6 +237,11 @@ impl Metrics {
         &self.plugin_scores[plugin.index()]
     }
 
+    /// The registry, for metrics defined outside this module (traffic policy).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let dropped = crate::logging::dropped_lines();

@@ -112,6 +112,7 @@ fn compile_route(r: &RouteInput) -> Result<CompiledRoute, String> {
         model_name: r.spec.model_name.clone(),
         lora_adapters: r.spec.lora_adapters.clone(),
         rules,
+        rate_limit: r.spec.rate_limit.clone(),
     })
 }
 

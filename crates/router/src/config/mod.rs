@@ -206,6 +206,8 @@ pub struct CompiledRoute {
     pub lora_adapters: Vec<String>,
     /// Ordered rules.
     pub rules: Vec<CompiledRule>,
+    /// `spec.rateLimit`: token budgets for this model (see `policy::rate_limit`).
+    pub rate_limit: Option<muster_api::networking::RateLimit>,
 }
 
 /// A condition outcome: `Ok` or `(reason, message)`.

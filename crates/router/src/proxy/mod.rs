@@ -7,7 +7,6 @@ mod record;
 pub mod request;
 pub mod sse;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -25,6 +24,9 @@ use crate::endpoints::outlier::OutlierPolicy;
 use crate::endpoints::EndpointRegistry;
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
+use crate::policy::identity::Identity;
+use crate::policy::metrics::PolicyMetrics;
+use crate::policy::{weighted_tokens, RequestPolicy, TrafficPolicy};
 use crate::scheduler::{schedule, PluginKind, ScheduleRequest};
 use crate::sessions::SessionLog;
 use body::{RelayMode, RouterBody};
@@ -46,8 +48,6 @@ pub struct ProxyConfig {
     pub stream_idle_timeout: Duration,
     /// Passive ejection.
     pub outlier: OutlierPolicy,
-    /// When set, requests need `Authorization: Bearer <one of these>`.
-    pub api_keys: Option<HashSet<String>>,
     /// Router-wide concurrent request limit (429 above); 0 means none.
     pub max_in_flight: usize,
     /// TCP connect timeout to engines.
@@ -65,7 +65,6 @@ impl Default for ProxyConfig {
             body_read_timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(300),
             outlier: OutlierPolicy::default(),
-            api_keys: None,
             max_in_flight: 0,
             connect_timeout: Duration::from_secs(2),
             max_idle_per_endpoint: 1024,
@@ -89,6 +88,8 @@ pub struct AppState {
     pub config: ProxyConfig,
     /// Recent sessions (debug).
     pub sessions: SessionLog,
+    /// Authentication, token rate limits and fair queuing.
+    pub policy: Arc<TrafficPolicy>,
 }
 
 /// A router-wide concurrency slot, released on drop.
@@ -101,11 +102,23 @@ impl Drop for Admission {
 }
 
 impl AppState {
-    /// Shared state with an empty table (not ready until the first publish).
+    /// Shared state with an empty table (not ready until the first publish) and no
+    /// authentication or queuing.
     pub fn new(
         config: ProxyConfig,
         metrics: Arc<Metrics>,
         registry: Arc<EndpointRegistry>,
+    ) -> Self {
+        let policy = TrafficPolicy::disabled(PolicyMetrics::register(metrics.registry()));
+        Self::with_policy(config, metrics, registry, Arc::new(policy))
+    }
+
+    /// Shared state with a traffic policy (whose metrics are in `metrics`' registry).
+    pub fn with_policy(
+        config: ProxyConfig,
+        metrics: Arc<Metrics>,
+        registry: Arc<EndpointRegistry>,
+        policy: Arc<TrafficPolicy>,
     ) -> Self {
         AppState {
             table: RwLock::new(Arc::new(RoutingTable::default())),
@@ -117,6 +130,7 @@ impl AppState {
             registry,
             config,
             sessions: SessionLog::default(),
+            policy,
         }
     }
 
@@ -205,7 +219,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Ro
         }
         "/v1/models" | "/v1/models/" => {
             return if req.method() == Method::GET {
-                list_models(&state)
+                match state.policy.authenticate(req.headers()).await {
+                    Ok(who) => list_models(&state, &who),
+                    Err(e) => e.into_response(),
+                }
             } else {
                 ApiError::method_not_allowed(req.method().as_str(), path).into_response()
             }
@@ -221,12 +238,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Ro
     proxy(state, req, kind).await
 }
 
-fn list_models(state: &AppState) -> Response<RouterBody> {
+fn list_models(state: &AppState, who: &Identity) -> Response<RouterBody> {
     let table = state.table();
     let data: Vec<serde_json::Value> = table
         .config
         .models
         .iter()
+        .filter(|m| who.may_use(m))
         .map(
             |m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "muster"}),
         )
@@ -235,14 +253,6 @@ fn list_models(state: &AppState) -> Response<RouterBody> {
         StatusCode::OK,
         serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).expect("json"),
     )
-}
-
-fn authorized(headers: &HeaderMap, keys: &HashSet<String>) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|k| keys.contains(k.trim()))
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and `host`, which the proxy sets itself.
@@ -311,6 +321,22 @@ fn reject(mut record: RequestRecord, error: ApiError) -> Response<RouterBody> {
     resp
 }
 
+/// [`reject`] with extra headers (`retry-after`, `x-ratelimit-*`).
+fn reject_with(
+    record: RequestRecord,
+    error: ApiError,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Response<RouterBody> {
+    let mut resp = reject(record, error);
+    for (name, value) in headers {
+        resp.headers_mut().insert(name, value);
+    }
+    resp
+}
+
+/// Time spent in a fair queue, on responses of servers that queue.
+const X_QUEUE_WAIT: HeaderName = HeaderName::from_static("x-muster-queue-wait-ms");
+
 enum TryOutcome {
     ConnectError,
     Reset,
@@ -353,11 +379,10 @@ async fn proxy(
             ),
         );
     }
-    if let Some(keys) = &state.config.api_keys {
-        if !authorized(req.headers(), keys) {
-            return reject(record, ApiError::unauthorized());
-        }
-    }
+    let identity = match state.policy.authenticate(req.headers()).await {
+        Ok(who) => who,
+        Err(e) => return reject(record, e),
+    };
     match state.admit() {
         Ok(a) => record.hold_admission(a),
         Err(e) => return reject(record, e),
@@ -373,6 +398,9 @@ async fn proxy(
         Err(e) => return reject(record, e),
     };
     record.requested_model = inspected.model.clone();
+    if let Err(e) = state.policy.authorize_model(&identity, &inspected.model) {
+        return reject(record, e);
+    }
 
     let table = state.table();
     let model_metrics = table.model_metrics.get(&inspected.model).cloned();
@@ -408,6 +436,8 @@ async fn proxy(
     };
     set_model(&mut record);
     record.route = Some(resolved.route.label.clone());
+    let rate_limit = resolved.route.rate_limit.clone();
+    let limit_model = resolved.route.model_name.clone();
     record.rule = Some(resolved.rule.name.clone());
     let server: Arc<ServerRuntime> = resolved.server.clone();
     let lora = resolved.lora;
@@ -441,7 +471,61 @@ async fn proxy(
     };
     let upstream_body = request::rewrite(&inspected, rewrite_to, inject_usage).unwrap_or(body);
     let token_estimate = upstream_body.len() as u64 / 4 + inspected.max_tokens.unwrap_or(256);
+    // Rate limits charge the prompt estimate and reserve `max_tokens` of output up front;
+    // the record reconciles both with the engine's usage when the response ends.
+    let prompt_estimate = upstream_body.len() as u64 / 4;
+    let output_reserve = inspected
+        .max_tokens
+        .unwrap_or(state.policy.limits.config().default_max_tokens);
     drop(inspected);
+    record.policy = Some(RequestPolicy::new(identity.clone()));
+    let mut limit_headers = Vec::new();
+    if let Some(limit) = &rate_limit {
+        match state
+            .policy
+            .limits
+            .admit(
+                &limit_model,
+                limit,
+                &identity,
+                prompt_estimate,
+                output_reserve,
+            )
+            .await
+        {
+            Ok(Some(reservation)) => {
+                limit_headers = reservation.headers.clone();
+                if let Some(p) = record.policy.as_mut() {
+                    p.reservation = Some(reservation);
+                }
+            }
+            Ok(None) => {}
+            Err(refusal) => return reject_with(record, refusal.error, refusal.headers),
+        }
+    }
+    let queue_wait = if state.policy.queues.enabled() {
+        let cost = weighted_tokens(prompt_estimate, output_reserve);
+        match state
+            .policy
+            .queues
+            .acquire(&server_label, server.endpoints.len(), &identity, cost)
+            .await
+        {
+            Ok(acquired) => {
+                if let Some(p) = record.policy.as_mut() {
+                    p.slot = acquired.slot;
+                    p.charged = Some((state.policy.queues.attained().clone(), cost));
+                }
+                Some(acquired.waited)
+            }
+            Err(e) => {
+                let retry = vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+                return reject_with(record, e, retry);
+            }
+        }
+    } else {
+        None
+    };
 
     let path_and_query = parts
         .uri
@@ -455,7 +539,7 @@ async fn proxy(
             upstream_headers.append(name.clone(), value.clone());
         }
     }
-    if state.config.api_keys.is_some() {
+    if state.policy.auth.enabled() {
         // The router's own key is not the engine's.
         upstream_headers.remove(header::AUTHORIZATION);
     }
@@ -599,7 +683,15 @@ async fn proxy(
                             endpoint.record_success();
                         }
                         record.hold(in_flight);
-                        return relay(&state, record, resp, kind, inject_usage);
+                        let mut resp = relay(&state, record, resp, kind, inject_usage);
+                        let headers = resp.headers_mut();
+                        for (name, value) in &limit_headers {
+                            headers.insert(name.clone(), value.clone());
+                        }
+                        if let Some(w) = queue_wait {
+                            headers.insert(X_QUEUE_WAIT, HeaderValue::from(w.as_millis() as u64));
+                        }
+                        return resp;
                     }
                 }
             }

@@ -55,6 +55,8 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// The body completed (as opposed to being cut or abandoned).
     pub completed: bool,
+    /// Traffic-policy holdings (rate-limit reservation, queue slot), settled on drop.
+    pub policy: Option<crate::policy::RequestPolicy>,
     in_flight: Option<InFlight>,
     _admission: Option<super::Admission>,
 }
@@ -92,6 +94,7 @@ impl RequestRecord {
             usage: None,
             error: None,
             completed: false,
+            policy: None,
             in_flight: None,
             _admission: None,
         }
@@ -152,6 +155,11 @@ fn or_dash(s: &Option<Arc<str>>) -> &str {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
+        let tenant = self.policy.as_ref().map(|p| p.identity.tenant.clone());
+        if let Some(p) = self.policy.take() {
+            let usage = self.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+            p.finish(usage, self.status);
+        }
         let now = Instant::now();
         let m = &self.model;
         let code = itoa_status(self.status);
@@ -197,6 +205,7 @@ impl Drop for RequestRecord {
                 server = or_dash(&self.server),
                 endpoint = or_dash(&self.endpoint),
                 session = self.session.as_deref().unwrap_or(""),
+                tenant = tenant.as_deref().unwrap_or(""),
                 scores = %scores,
                 attempts = self.attempts,
                 status = self.status,
