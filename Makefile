@@ -2,11 +2,20 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller
+.PHONY: test demo demo-down lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller
 
 ## Everything CI checks: formatting, clippy, CRDs up to date, unit and end-to-end tests.
 test:
 	bash hack/test.sh
+
+## Muster end to end on the local control plane: controller, router, simulated engines, a 2P2D
+## model, streamed requests and where they went. Leaves it all running (see the summary).
+demo:
+	bash hack/demo.sh
+
+## Stop what `make demo` started and delete its namespace (the control plane stays up).
+demo-down:
+	bash hack/demo.sh down
 
 ## Formatting, clippy -D warnings, and committed CRDs equal to what the types generate.
 lint:

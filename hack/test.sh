@@ -28,6 +28,10 @@ step "unit and end-to-end tests"
 bash hack/redis.sh ensure # router traffic-policy tests start private redis-server instances
 cargo test --workspace
 
+# The binaries were just built by cargo test; the smoke test uses them as they are.
+step "demo smoke test: make demo's path in its own namespace, deployment manifests vs the apiserver"
+MUSTER_DEMO_SMOKE=1 MUSTER_DEMO_BUILD=0 bash hack/demo.sh
+
 step "cluster scripts: a second cluster-up is a no-op, cluster-down leaves nothing behind"
 bash hack/cluster-up.sh
 bash hack/cluster-down.sh
