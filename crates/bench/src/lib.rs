@@ -7,9 +7,17 @@
 //! * [`procs`]: starting the processes under test (engine simulator, router, nginx) on
 //!   loopback and learning their ports.
 //! * [`router_overhead`]: the router-overhead benchmark (DESIGN §7).
+//! * [`routing`]: the routing-quality benchmark (DESIGN §7), built on [`gsp`] (SGLang's
+//!   generated-shared-prefix workload), [`stream_load`] (open-loop streaming client),
+//!   [`engine_metrics`] (engine counters) and [`chart`] (PNG bar charts).
 
+pub mod chart;
+pub mod engine_metrics;
+pub mod gsp;
 pub mod load;
 pub mod null_engine;
 pub mod procs;
 pub mod router_overhead;
+pub mod routing;
 pub mod stats;
+pub mod stream_load;

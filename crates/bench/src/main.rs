@@ -1,4 +1,5 @@
-//! `muster-bench`: benchmark drivers. `muster-bench router-overhead` (see `hack/bench-router-overhead.sh`).
+//! `muster-bench`: benchmark drivers. `muster-bench router-overhead` (see
+//! `hack/bench-router-overhead.sh`) and `muster-bench routing` (see `hack/bench-routing.sh`).
 
 use std::path::PathBuf;
 
@@ -79,6 +80,163 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Routing quality: every policy on SGLang's generated-shared-prefix workload through the
+    /// real router to time-scaled engine simulators (writes routing.{json,md,png}).
+    Routing(RoutingArgs),
+}
+
+/// Flags of `muster-bench routing`; unset ones keep the full (or `--quick`) defaults.
+#[derive(Debug, clap::Args)]
+struct RoutingArgs {
+    /// Directory holding muster-router and muster-engine-sim (default: this binary's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Output directory for routing.json, routing.md and routing.png.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Smoke-sized run (tiny shapes, two engines; seconds).
+    #[arg(long)]
+    quick: bool,
+    /// Policies, comma-separated (random, round-robin, least-request, prefix+load,
+    /// kv-events+load, session-affinity, oracle).
+    #[arg(long, value_delimiter = ',', value_parser = parse_policy)]
+    policies: Option<Vec<muster_bench::routing::Policy>>,
+    /// Scenarios to run, comma-separated (long, short).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
+    /// Engine processes.
+    #[arg(long)]
+    engines: Option<usize>,
+    /// Engine --time-scale.
+    #[arg(long)]
+    time_scale: Option<f64>,
+    /// Requests in flight at most (client side).
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    /// Poisson arrival rate, requests per model second.
+    #[arg(long)]
+    request_rate: Option<f64>,
+    /// Share of all group prefixes one engine's KV cache has room for.
+    #[arg(long)]
+    prefix_fraction: Option<f64>,
+    /// Weight of the prefix / KV-event scorer next to least-request's 1.
+    #[arg(long)]
+    prefix_weight: Option<f64>,
+    /// Groups per scenario.
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Prompts per group.
+    #[arg(long)]
+    prompts_per_group: Option<usize>,
+    /// Workload seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn parse_policy(s: &str) -> Result<muster_bench::routing::Policy, String> {
+    muster_bench::routing::Policy::from_name(s)
+}
+
+fn bin_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match explicit {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    })
+}
+
+async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
+    use muster_bench::routing;
+    let mut s = if a.quick {
+        routing::Settings::quick()
+    } else {
+        routing::Settings::full()
+    };
+    if let Some(v) = a.policies {
+        s.policies = v;
+    }
+    if let Some(names) = a.scenarios {
+        for n in &names {
+            anyhow::ensure!(
+                s.scenarios.iter().any(|x| &x.name == n),
+                "--scenarios: unknown scenario {n:?} (expected long or short)"
+            );
+        }
+        s.scenarios.retain(|x| names.contains(&x.name));
+    }
+    s.engines = a.engines.unwrap_or(s.engines);
+    s.time_scale = a.time_scale.unwrap_or(s.time_scale);
+    s.max_concurrency = a.max_concurrency.unwrap_or(s.max_concurrency);
+    s.request_rate = a.request_rate.unwrap_or(s.request_rate);
+    s.prefix_fraction = a.prefix_fraction.unwrap_or(s.prefix_fraction);
+    s.prefix_weight = a.prefix_weight.unwrap_or(s.prefix_weight);
+    s.seed = a.seed.unwrap_or(s.seed);
+    for sc in &mut s.scenarios {
+        sc.shape.groups = a.groups.unwrap_or(sc.shape.groups);
+        sc.shape.prompts_per_group = a.prompts_per_group.unwrap_or(sc.shape.prompts_per_group);
+    }
+    anyhow::ensure!(s.engines >= 1, "--engines must be at least 1");
+    anyhow::ensure!(
+        s.time_scale.is_finite() && s.time_scale > 0.0,
+        "--time-scale must be positive, got {}",
+        s.time_scale
+    );
+    anyhow::ensure!(
+        s.max_concurrency >= 1,
+        "--max-concurrency must be at least 1"
+    );
+    anyhow::ensure!(
+        s.request_rate > 0.0,
+        "--request-rate must be positive, got {}",
+        s.request_rate
+    );
+    anyhow::ensure!(
+        s.prefix_fraction > 0.0 && s.prefix_fraction.is_finite(),
+        "--prefix-fraction must be positive, got {}",
+        s.prefix_fraction
+    );
+    for sc in &s.scenarios {
+        anyhow::ensure!(
+            sc.shape.groups >= 1 && sc.shape.prompts_per_group >= 1,
+            "--groups and --prompts-per-group must be at least 1"
+        );
+    }
+    let dir = bin_dir(a.bin_dir)?;
+    let bins = routing::Binaries {
+        router: dir.join("muster-router"),
+        engine_sim: dir.join("muster-engine-sim"),
+    };
+    for b in [&bins.router, &bins.engine_sim] {
+        anyhow::ensure!(b.exists(), "{} not found (build it first)", b.display());
+    }
+    let scratch = std::env::temp_dir().join(format!("muster-bench-routing-{}", std::process::id()));
+    let report = routing::run(&bins, s, &scratch).await;
+    let report = match report {
+        Ok(r) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            r
+        }
+        Err(e) => {
+            // Keep the process logs for a look.
+            return Err(e.context(format!("process logs kept in {}", scratch.display())));
+        }
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let md = routing::markdown(&report);
+    std::fs::write(
+        a.out.join("routing.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(a.out.join("routing.md"), &md)?;
+    std::fs::write(a.out.join("routing.png"), routing::chart(&report))?;
+    println!("{md}");
+    println!(
+        "wrote {0}/routing.json, {0}/routing.md and {0}/routing.png",
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +266,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Cmd) -> anyhow::Result<()> {
     match command {
         Cmd::NullEngine { .. } => unreachable!("handled in main"),
+        Cmd::Routing(a) => routing(a).await?,
         Cmd::Load {
             addr,
             model,

@@ -18,9 +18,13 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` and waits for lines `PREFIX addr` for every prefix on its stdout.
     pub fn spawn(cmd: &mut Command, prefixes: &[&str]) -> anyhow::Result<Proc> {
+        cmd.stderr(Stdio::null());
+        Self::spawn_inner(cmd, prefixes)
+    }
+
+    fn spawn_inner(cmd: &mut Command, prefixes: &[&str]) -> anyhow::Result<Proc> {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("spawn {cmd:?}"))?;
         let stdout = child.stdout.take().expect("piped");
@@ -35,19 +39,39 @@ impl Proc {
         let mut addrs = vec![None; prefixes.len()];
         let deadline = Instant::now() + Duration::from_secs(30);
         while addrs.iter().any(Option::is_none) {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .with_context(|| format!("{cmd:?} did not announce {prefixes:?}"))?;
+            let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => line,
+                Err(_) => {
+                    // Never leave a half-started process behind.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("{cmd:?} did not announce {prefixes:?}");
+                }
+            };
             let mut parts = line.split_whitespace();
             if let (Some(p), Some(a)) = (parts.next(), parts.next()) {
-                if let Some(i) = prefixes.iter().position(|x| *x == p) {
-                    addrs[i] = Some(a.parse()?);
+                if let (Some(i), Ok(a)) = (prefixes.iter().position(|x| *x == p), a.parse()) {
+                    addrs[i] = Some(a);
                 }
             }
         }
         Ok(Proc {
             child,
             addrs: addrs.into_iter().map(Option::unwrap).collect(),
+        })
+    }
+
+    /// Like [`Proc::spawn`], with stderr written to `log`; when the process exits before
+    /// announcing, the error carries the log's last lines (why it refused to start).
+    pub fn spawn_logged(cmd: &mut Command, prefixes: &[&str], log: &Path) -> anyhow::Result<Proc> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stderr(file);
+        Self::spawn_inner(cmd, prefixes).map_err(|e| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(tail.join("\n"))
         })
     }
 
