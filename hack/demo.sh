@@ -18,7 +18,8 @@
 #
 # Environment: MUSTER_DEMO_NAMESPACE, MUSTER_DEMO_ENGINE_PORT (18000, must match the
 # ModelServer's workloadPort), MUSTER_DEMO_ROUTER_PORT (0 = any free port), MUSTER_DEMO_REQUESTS
-# (6), and the MUSTER_* variables of hack/cluster-up.sh (MUSTER_CLUSTER_DIR etc.).
+# (6), MUSTER_DEMO_BUILD=0 (use the binaries in target/debug if all three exist, as make test
+# does right after building them), and the MUSTER_* variables of hack/cluster-up.sh.
 set -euo pipefail
 
 CL_NAME=demo
@@ -182,7 +183,8 @@ if [ -z "${MUSTER_KUBECTL:-}" ] && [ -x "$k8s_bin/kubectl" ]; then CL_KUBECTL=$k
 # load is a few requests, so optimised code would buy nothing here.
 # ---------------------------------------------------------------------------------------------
 step build "building muster-controller, muster-router, muster-engine-sim (cargo, debug profile; minutes the first time)" "$LOGS/build.log"
-if [ "${MUSTER_DEMO_BUILD:-1}" = 0 ]; then
+have_binaries() { [ -x "$BIN_DIR/muster-controller" ] && [ -x "$BIN_DIR/muster-router" ] && [ -x "$BIN_DIR/muster-engine-sim" ]; }
+if [ "${MUSTER_DEMO_BUILD:-1}" = 0 ] && have_binaries; then
   say "  MUSTER_DEMO_BUILD=0: using the binaries in $BIN_DIR as they are"
 else
   cargo build -p muster-controller --bin muster-controller -p muster-router --bin muster-router \
