@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo demo-down lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller bench-routing
+.PHONY: test demo demo-down lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller bench-topology bench-routing
 
 ## Everything CI checks: formatting, clippy, CRDs up to date, unit and end-to-end tests.
 test:
@@ -46,11 +46,15 @@ bench-controller:
 	$(CARGO) run -q -p muster-e2e --bin bench-controller -- $(BENCH_ARGS)
 
 ## Every benchmark that exists so far (router overhead beside nginx, controller scale).
-bench: bench-router-overhead bench-controller bench-routing
+bench: bench-router-overhead bench-controller bench-topology bench-routing
 
 ## Router overhead vs direct and vs nginx on loopback (installs nginx if missing; ~6 minutes).
 bench-router-overhead:
 	bash hack/bench-router-overhead.sh
+
+## Topology placement on a private 256-node cluster: 200 gangs with and without Muster's tier choice.
+bench-topology:
+	bash hack/bench-topology.sh $(BENCH_TOPO_ARGS)
 
 ## Routing quality: every policy on the Kthena shapes through the real router (~5 minutes;
 ## BENCH_ROUTING_ARGS=--quick for a smoke run).
