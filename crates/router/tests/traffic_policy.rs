@@ -597,3 +597,82 @@ async fn a_heavy_tenant_cannot_push_a_light_tenants_queue_wait_past_one_service_
     assert_eq!(metric_sum(&m, "muster_router_queue_depth", &[]), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_queue_timeout_is_a_429_naming_the_server_and_priority() {
+    let sim = Sim::start(&[]);
+    let router = Router::start(
+        &limited_config(vec![sim.addr], None),
+        &[
+            "--queue-slots-per-endpoint",
+            "1",
+            "--queue-timeout",
+            "150ms",
+        ],
+    )
+    .await;
+    // One slot: a long request holds it while a second waits out the timeout.
+    let addr = router.addr;
+    let long = tokio::spawn(async move { chat_as(addr, None, 200).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let r = chat_as(router.addr, None, 4).await;
+    let waited = t.elapsed();
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (429, "queue_timeout".into()),
+        "{}",
+        r.text()
+    );
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("default/llama") && msg.contains("normal-priority"),
+        "{msg}"
+    );
+    assert_eq!(header_u64(&r, "retry-after"), 1);
+    assert_eq!(long.await.unwrap().status, 200);
+    let m = router.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "muster_router_queue_rejected_total",
+            &["reason=\"timeout\""]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn attained_service_is_shared_between_replicas_through_redis() {
+    use muster_router::policy::attained::AttainedService;
+    use muster_router::policy::metrics::PolicyMetrics;
+    let mut redis = Redis::start();
+    let replica = || {
+        AttainedService::new(
+            Duration::from_secs(60),
+            Some(redis.address()),
+            Duration::from_millis(200),
+            PolicyMetrics::register(&prometheus::Registry::new()),
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let heavy: std::sync::Arc<str> = "heavy".into();
+    a.charge(&heavy, 5000.0);
+    b.charge(&"light".into(), 10.0);
+    assert_eq!(b.attained("heavy"), 0.0, "b has not heard from a yet");
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    // b now orders tenants by what they consumed on every replica.
+    let seen = b.attained("heavy");
+    assert!((4900.0..=5000.0).contains(&seen), "b sees heavy at {seen}");
+    assert!(b.attained("light") <= 10.0 && b.attained("light") > 9.0);
+    // Redis gone: syncs fail fast and each replica falls back to its own view.
+    redis.kill();
+    let t = Instant::now();
+    assert!(b.sync().await.is_err());
+    assert!(t.elapsed() < Duration::from_secs(1));
+}

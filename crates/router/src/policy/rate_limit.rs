@@ -65,7 +65,7 @@ impl Scope {
         Ok(out)
     }
 
-    fn value<'a>(self, who: &'a Identity) -> &'a str {
+    fn value(self, who: &Identity) -> &str {
         match self {
             Scope::Model => "*",
             Scope::Tenant => &who.tenant,
