@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo demo-down lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller bench-topology bench-routing
+.PHONY: test demo demo-down lint crds cluster-up cluster-down cluster-logs bench bench-router-overhead bench-controller bench-topology bench-routing bench-solver
 
 ## Everything CI checks: formatting, clippy, CRDs up to date, unit and end-to-end tests.
 test:
@@ -45,8 +45,8 @@ bench-controller:
 	$(CARGO) build -q -p muster-controller --bin muster-controller
 	$(CARGO) run -q -p muster-e2e --bin bench-controller -- $(BENCH_ARGS)
 
-## Every benchmark that exists so far (router overhead beside nginx, controller scale).
-bench: bench-router-overhead bench-controller bench-topology bench-routing
+## Every benchmark that exists so far (router overhead beside nginx, controller scale, topology placement, routing quality, solver).
+bench: bench-router-overhead bench-controller bench-topology bench-routing bench-solver
 
 ## Router overhead vs direct and vs nginx on loopback (installs nginx if missing; ~6 minutes).
 bench-router-overhead:
@@ -60,3 +60,8 @@ bench-topology:
 ## BENCH_ROUTING_ARGS=--quick for a smoke run).
 bench-routing:
 	bash hack/bench-routing.sh $(BENCH_ROUTING_ARGS)
+
+## Solver and autoscaler, in process (no cluster): solve time, cost vs baselines, trace replay
+## (BENCH_SOLVER_ARGS=--quick for a smoke run). Writes target/bench/solver.{json,md}.
+bench-solver:
+	$(CARGO) run -q --release -p muster-bench --bin muster-bench -- solver $(BENCH_SOLVER_ARGS)

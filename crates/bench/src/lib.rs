@@ -10,6 +10,8 @@
 //! * [`routing`]: the routing-quality benchmark (DESIGN §7), built on [`gsp`] (SGLang's
 //!   generated-shared-prefix workload), [`stream_load`] (open-loop streaming client),
 //!   [`engine_metrics`] (engine counters) and [`chart`] (PNG bar charts).
+//! * [`solver_bench`]: the solver and autoscaler benchmark (issue 9), with its inputs in
+//!   [`solver_bench_mix`] and its trace simulator in [`solver_bench_trace`].
 
 pub mod chart;
 pub mod engine_metrics;
@@ -19,5 +21,8 @@ pub mod null_engine;
 pub mod procs;
 pub mod router_overhead;
 pub mod routing;
+pub mod solver_bench;
+pub mod solver_bench_mix;
+pub mod solver_bench_trace;
 pub mod stats;
 pub mod stream_load;

@@ -83,6 +83,18 @@ enum Cmd {
     /// Routing quality: every policy on SGLang's generated-shared-prefix workload through the
     /// real router to time-scaled engine simulators (writes routing.{json,md,png}).
     Routing(RoutingArgs),
+    /// Solver and autoscaler: solve time, cost vs baselines, trace replay (writes solver.{json,md}).
+    Solver {
+        /// Smoke-sized run (seconds).
+        #[arg(long)]
+        quick: bool,
+        /// Seed of the generated policies and the trace.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory for solver.json and solver.md.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 /// Flags of `muster-bench routing`; unset ones keep the full (or `--quick`) defaults.
@@ -267,6 +279,15 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
     match command {
         Cmd::NullEngine { .. } => unreachable!("handled in main"),
         Cmd::Routing(a) => routing(a).await?,
+        Cmd::Solver { quick, seed, out } => {
+            use muster_bench::solver_bench::{run_and_write, Settings};
+            let settings = if quick {
+                Settings::quick(seed)
+            } else {
+                Settings::full(seed)
+            };
+            tokio::task::block_in_place(|| run_and_write(settings, &out))?;
+        }
         Cmd::Load {
             addr,
             model,
