@@ -460,6 +460,8 @@ async fn global_limits_hold_across_two_routers_and_redis_failure_follows_the_mod
         &["--redis-fail-mode", "closed", "--redis-timeout", "100ms"],
     )
     .await;
+    // The default mode, used only once Redis is gone: this replica's own buckets.
+    let local = Router::start(&cfg, &["--redis-timeout", "100ms"]).await;
 
     // One budget of 100 output tokens for both routers: 30 each, alternating → 3 pass.
     let mut statuses = Vec::new();
@@ -495,7 +497,13 @@ async fn global_limits_hold_across_two_routers_and_redis_failure_follows_the_mod
             );
         }
     }
-    for router in [&open, &closed] {
+    // Fail-local: a full local bucket of 100 admits three requests of 30, then limits again.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(chat_as(local.addr, None, 30).await.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    for router in [&open, &closed, &local] {
         let m = router.metrics().await;
         assert_eq!(metric_sum(&m, "muster_router_ratelimit_degraded", &[]), 1.0);
     }
@@ -507,6 +515,15 @@ async fn global_limits_hold_across_two_routers_and_redis_failure_follows_the_mod
             &["mode=\"open\""]
         ),
         6.0
+    );
+    let m = local.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "muster_router_ratelimit_degraded_decisions_total",
+            &["mode=\"local\""]
+        ),
+        4.0
     );
 }
 
