@@ -545,9 +545,20 @@ async fn partitioned_rollout_with_surge_never_drops_capacity() {
     .await
     .unwrap();
     wait_groups(&ns, "qwen-single", &[0, 1, 2, 3]).await;
-    let ms = api.get("qwen-single").await.unwrap().status.unwrap();
-    assert_eq!(ms.current_revision.as_deref(), Some(new_rev.as_str()));
-    assert_eq!(ms.updated_replicas, 4);
+    // Status is written by the reconcile after the surge group is gone, so wait for it to
+    // settle instead of reading it once (a read in between still counts the surge group).
+    wait_for(
+        TIMEOUT,
+        "status at the new revision with 4 updated groups",
+        || async {
+            let ms = api.get("qwen-single").await?.status.unwrap_or_default();
+            Ok((ms.current_revision.as_deref() == Some(new_rev.as_str())
+                && ms.updated_replicas == 4)
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
