@@ -538,23 +538,51 @@ fn parse_args() -> Result<Options> {
     Ok(o)
 }
 
-/// Waits until no pod is left in the cluster (the previous mode's namespace is gone).
+/// Waits until no pod and no PodGroup is left in the cluster. PodGroups matter as much as pods:
+/// a previous mode's PodGroups left in a terminating namespace stay in vc-scheduler's sessions
+/// (Inqueue ones count at enqueue) and were seen to hold the next mode's gangs back.
 async fn wait_cluster_empty(client: &Client, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
+        let lp = ListParams::default();
         let pods = Api::<Pod>::all(client.clone())
-            .list_metadata(&ListParams::default())
+            .list_metadata(&lp)
             .await?
             .items
             .len();
-        if pods == 0 {
+        let pgs = Api::<PodGroup>::all(client.clone())
+            .list_metadata(&lp)
+            .await?
+            .items
+            .len();
+        if pods == 0 && pgs == 0 {
             return Ok(());
         }
         if start.elapsed() > timeout {
-            bail!("{pods} pods still exist after {timeout:?}");
+            bail!("{pods} pods and {pgs} PodGroups still exist after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Deletes a mode's objects directly (the namespace controller and the garbage collector take
+/// minutes for hundreds of objects on a small machine), then the namespace.
+async fn clean_up(client: &Client, ns: &str) -> Result<()> {
+    let dp = DeleteParams::background();
+    let lp = ListParams::default();
+    Api::<ModelServing>::namespaced(client.clone(), ns)
+        .delete_collection(&dp, &lp)
+        .await?;
+    Api::<PodGroup>::namespaced(client.clone(), ns)
+        .delete_collection(&dp, &lp)
+        .await?;
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete_collection(&dp, &lp)
+        .await?;
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &dp)
+        .await?;
+    wait_cluster_empty(client, Duration::from_secs(300)).await
 }
 
 async fn run_mode(mode: Mode, gangs: &[Gang], o: &Options) -> Result<(ModeReport, Value)> {
@@ -707,10 +735,7 @@ async fn run_mode(mode: Mode, gangs: &[Gang], o: &Options) -> Result<(ModeReport
         "choices": choices,
     });
 
-    Api::<Namespace>::all(client.clone())
-        .delete(&ns.name, &DeleteParams::background())
-        .await?;
-    wait_cluster_empty(&client, Duration::from_secs(180)).await?;
+    clean_up(&client, &ns.name).await?;
     Ok((report, raw))
 }
 
