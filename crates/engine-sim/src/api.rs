@@ -502,68 +502,8 @@ fn resolve_model(engine: &Engine, model: Option<&str>) -> Result<Option<String>,
 }
 
 fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
-    let arr = v.as_array().ok_or_else(|| {
-        ApiError::bad_request("`messages` must be an array of messages.", Some("messages"))
-    })?;
-    if arr.is_empty() {
-        return Err(ApiError::bad_request(
-            "`messages` must contain at least one message.",
-            Some("messages"),
-        ));
-    }
-    arr.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request(
-                    format!("messages[{i}].role is required and must be a string."),
-                    Some("messages"),
-                )
-            })?;
-            let content = match m.get("content") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => {
-                    let mut texts = Vec::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match p.get("type").and_then(Value::as_str) {
-                            Some("text") => texts.push(
-                                p.get("text")
-                                    .and_then(Value::as_str)
-                                    .ok_or_else(|| {
-                                        ApiError::bad_request(
-                                            format!("messages[{i}].content[{j}].text must be a string."),
-                                            Some("messages"),
-                                        )
-                                    })?
-                                    .to_string(),
-                            ),
-                            other => {
-                                return Err(ApiError::bad_request(
-                                    format!(
-                                        "messages[{i}].content[{j}]: unsupported content part type {other:?}; \
-                                         the simulator takes text only."
-                                    ),
-                                    Some("messages"),
-                                ))
-                            }
-                        }
-                    }
-                    texts.join("\n")
-                }
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        format!("messages[{i}].content must be a string or an array of parts."),
-                        Some("messages"),
-                    ))
-                }
-            };
-            Ok(ChatMessage {
-                role: role.to_string(),
-                content,
-            })
-        })
-        .collect()
+    // Shared with the router, so both render the same text and hash the same blocks.
+    muster_prefix::chat::parse_messages(v).map_err(|e| ApiError::bad_request(e.0, Some("messages")))
 }
 
 fn prompt_tokens(engine: &Engine, v: &Value) -> Result<Vec<u32>, ApiError> {

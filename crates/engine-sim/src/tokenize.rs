@@ -4,108 +4,62 @@
 //! count the same tokens and hash the same blocks). The project ships its own small byte-level
 //! BPE at `assets/tokenizer.json`; `examples/train_tokenizer.rs` regenerates it.
 //!
-//! Chat messages are rendered to text with a ChatML-style template before tokenization:
-//!
-//! ```text
-//! <|im_start|>{role}\n{content}<|im_end|>\n      (for every message, in order)
-//! <|im_start|>assistant\n                          (generation prompt)
-//! ```
-//!
-//! Content given as an array of parts keeps only `{"type":"text"}` parts, joined with `\n`.
+//! Chat messages are rendered to text with the ChatML-style template of
+//! [`muster_prefix::chat`] (shared with the router) before tokenization.
 
 use std::path::Path;
-use tokenizers::Tokenizer;
 
 /// The tokenizer compiled into the binary (`assets/tokenizer.json`).
 pub const DEFAULT_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/tokenizer.json");
 
-/// Special tokens of the chat template.
-pub const IM_START: &str = "<|im_start|>";
-/// End of a chat turn.
-pub const IM_END: &str = "<|im_end|>";
-/// End of text.
-pub const END_OF_TEXT: &str = "<|endoftext|>";
+pub use muster_prefix::chat::{render_chat, ChatMessage, END_OF_TEXT, IM_END, IM_START};
 
 /// Words the simulated model "generates", cycled deterministically per request.
 const FILLER_TEXT: &str = " the model is simulated and this text is filler that stands in for a \
     real answer so that every token costs time in the engine while the router measures how long \
     the first token took and how fast the rest of the stream arrived";
 
-/// Why a tokenizer could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    /// The file could not be parsed.
-    #[error("cannot load tokenizer {source_name}: {message}")]
-    Load {
-        /// Path or "built-in".
-        source_name: String,
-        /// Underlying message.
-        message: String,
-    },
-    /// Encoding or decoding failed.
-    #[error("tokenizer failed: {0}")]
-    Codec(String),
-}
+use muster_prefix::tokenizer::PromptTokenizer;
+pub use muster_prefix::tokenizer::TokenizerError;
 
 /// A loaded tokenizer plus the filler tokens used for output.
 #[derive(Clone)]
 pub struct TextCodec {
-    tokenizer: Tokenizer,
+    tokenizer: PromptTokenizer,
     filler: Vec<(u32, String)>,
 }
 
 impl std::fmt::Debug for TextCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextCodec")
-            .field("vocab_size", &self.tokenizer.get_vocab_size(true))
+            .field("vocab_size", &self.tokenizer.vocab_size())
             .finish()
     }
-}
-
-/// One chat message after parsing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMessage {
-    /// `system`, `user`, `assistant`, `tool`…
-    pub role: String,
-    /// Text content.
-    pub content: String,
 }
 
 impl TextCodec {
     /// The built-in tokenizer.
     pub fn builtin() -> Result<Self, TokenizerError> {
-        Self::from_bytes(DEFAULT_TOKENIZER_JSON, "built-in")
+        Self::with(PromptTokenizer::from_bytes(
+            DEFAULT_TOKENIZER_JSON,
+            "built-in",
+        )?)
     }
 
     /// Loads a `tokenizer.json` file.
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
-        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Load {
-            source_name: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        Self::with(PromptTokenizer::load(path)?)
     }
 
-    fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, TokenizerError> {
-        let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Load {
-            source_name: name.to_string(),
-            message: e.to_string(),
-        })?;
-        let ids = tokenizer
-            .encode(FILLER_TEXT, false)
-            .map_err(|e| TokenizerError::Codec(e.to_string()))?
-            .get_ids()
-            .to_vec();
+    fn with(tokenizer: PromptTokenizer) -> Result<Self, TokenizerError> {
+        let ids = tokenizer.encode(FILLER_TEXT)?;
         let mut filler = Vec::with_capacity(ids.len());
         for id in ids {
-            let text = tokenizer
-                .decode(&[id], false)
-                .map_err(|e| TokenizerError::Codec(e.to_string()))?;
-            filler.push((id, text));
+            filler.push((id, tokenizer.decode(&[id])?));
         }
         if filler.is_empty() {
             return Err(TokenizerError::Load {
-                source_name: name.to_string(),
+                source_name: tokenizer.source().to_string(),
                 message: "tokenizer produced no tokens for the filler text".into(),
             });
         }
@@ -114,24 +68,17 @@ impl TextCodec {
 
     /// Token ids of `text` (special tokens in the text are recognised, no BOS/EOS added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        Ok(self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Codec(e.to_string()))?
-            .get_ids()
-            .to_vec())
+        self.tokenizer.encode(text)
     }
 
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.tokenizer
-            .decode(ids, false)
-            .map_err(|e| TokenizerError::Codec(e.to_string()))
+        self.tokenizer.decode(ids)
     }
 
     /// Vocabulary size including special tokens.
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
+        self.tokenizer.vocab_size()
     }
 
     /// Filler token ids, in generation order.
@@ -147,24 +94,6 @@ impl TextCodec {
             .map(|(_, t)| t.clone())
             .unwrap_or_else(|| self.decode(&[id]).unwrap_or_default())
     }
-}
-
-/// Renders chat messages with the template described in the module docs.
-pub fn render_chat(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-    let mut out = String::new();
-    for m in messages {
-        out.push_str(IM_START);
-        out.push_str(&m.role);
-        out.push('\n');
-        out.push_str(&m.content);
-        out.push_str(IM_END);
-        out.push('\n');
-    }
-    if add_generation_prompt {
-        out.push_str(IM_START);
-        out.push_str("assistant\n");
-    }
-    out
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! * [`proxy`] is the thin shell: parse just enough of the request to route it, pick an
 //!   endpoint, forward with a pooled hyper client, retry only before the first byte, and relay
 //!   the response chunk by chunk.
+//! * [`prefix`] is cache-aware routing state: prompt → chained block hashes (the engine's
+//!   tokenizer and chat template), and per-endpoint approximate and KV-event-fed indexes.
 //! * [`policy`] is traffic policy: authentication, token rate limits (local and Redis-global)
 //!   and fair queuing in front of saturated servers.
 
@@ -23,6 +25,7 @@ pub mod errors;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod prefix;
 pub mod proxy;
 pub mod scheduler;
 pub mod server;

@@ -191,6 +191,12 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// tokenizer.json for prefix-aware scheduling (repeatable): `MODEL=PATH` for one model
+    /// (served or public name), or a bare `PATH` for every model without its own. A
+    /// ModelServer's `router.muster.dev/tokenizer` annotation takes precedence. Models
+    /// without one are hashed as byte blocks.
+    #[arg(long = "tokenizer", value_name = "[MODEL=]PATH")]
+    tokenizers: Vec<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -396,6 +402,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             connect_timeout: cli.connect_timeout,
             max_idle_per_endpoint: cli.max_idle_per_endpoint,
             access_log: !cli.no_access_log,
+            tokenizers: Arc::new(
+                muster_router::prefix::tokenize::Tokenizers::from_flags(&cli.tokenizers)
+                    .map_err(anyhow::Error::msg)?,
+            ),
         },
         metrics.clone(),
         registry,

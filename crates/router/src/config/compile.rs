@@ -225,6 +225,29 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
         }
     }
 
+    // KV events: an explicit address per endpoint (standalone `kvEvents`), else the port in
+    // the annotation on the endpoint's own IP (in Kubernetes: the pod IP).
+    let kv_events_port = match s.annotations.get(KV_EVENTS_PORT_ANNOTATION) {
+        None => None,
+        Some(v) => {
+            match v.trim().parse::<u16>() {
+                Ok(p) if p != 0 => Some(p),
+                _ => {
+                    problems.push((
+                    "InvalidKvEventsPort",
+                    format!("annotation {KV_EVENTS_PORT_ANNOTATION} is {v:?}; expected a port number"),
+                ));
+                    None
+                }
+            }
+        }
+    };
+    let tokenizer = s
+        .annotations
+        .get(crate::prefix::tokenize::TOKENIZER_ANNOTATION)
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| std::path::PathBuf::from(p.trim()));
+
     let pd = s.spec.workload_selector.pd_group.as_ref();
     let mut endpoints: Vec<EndpointSpec> = Vec::new();
     let (mut ready, mut prefill, mut decode) = (0, 0, 0);
@@ -245,6 +268,9 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
             endpoints.push(EndpointSpec {
                 name: e.name.clone(),
                 address: e.address,
+                kv_events: e.kv_events.clone().or_else(|| {
+                    kv_events_port.map(|p| format!("tcp://{}", SocketAddr::new(e.address.ip(), p)))
+                }),
             });
         }
     }
@@ -279,6 +305,7 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
         policy,
         profile,
         endpoints,
+        tokenizer,
     };
     (server, report)
 }

@@ -110,6 +110,7 @@ pub fn build_input(
                 address: SocketAddr::new(ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), port),
                 ready: ip.is_some() && port != 0 && pod_is_ready(p),
                 labels,
+                kv_events: None,
             });
         }
         input.servers.push(ServerInput {

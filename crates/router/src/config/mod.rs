@@ -31,6 +31,10 @@ use crate::scheduler::SchedulerProfile;
 /// (HTTP/2 with prior knowledge, for engines that speak it in cleartext).
 pub const UPSTREAM_PROTOCOL_ANNOTATION: &str = "router.muster.dev/upstream-protocol";
 
+/// ModelServer annotation giving the port its engines publish KV events on (ZMQ PUB, vLLM's
+/// `--kv-events-config` endpoint): the router subscribes to `tcp://<pod ip>:<port>`.
+pub const KV_EVENTS_PORT_ANNOTATION: &str = "router.muster.dev/kv-events-port";
+
 /// Namespace and name of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ObjectKey {
@@ -67,6 +71,9 @@ pub struct EndpointInput {
     pub ready: bool,
     /// Pod labels (PD role detection).
     pub labels: BTreeMap<String, String>,
+    /// The engine's KV-event ZMQ address (`tcp://ip:port`), when given explicitly
+    /// (standalone `kvEvents`); otherwise derived from the server's annotation.
+    pub kv_events: Option<String>,
 }
 
 /// A ModelServer as observed.
@@ -160,6 +167,8 @@ pub struct EndpointSpec {
     pub name: String,
     /// Engine address.
     pub address: SocketAddr,
+    /// The engine's KV-event ZMQ PUB address, when it publishes events.
+    pub kv_events: Option<String>,
 }
 
 /// A ModelServer ready for the proxy.
@@ -184,6 +193,8 @@ pub struct CompiledServer {
     pub profile: Arc<SchedulerProfile>,
     /// Ready endpoints, sorted by name.
     pub endpoints: Vec<EndpointSpec>,
+    /// `tokenizer.json` named by the `router.muster.dev/tokenizer` annotation.
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 fn serialize_profile<S: serde::Serializer>(

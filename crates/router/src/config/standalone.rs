@@ -129,6 +129,9 @@ pub enum StaticEndpoint {
         /// Labels (PD roles).
         #[serde(default)]
         labels: BTreeMap<String, String>,
+        /// The engine's KV-event ZMQ PUB address, e.g. `tcp://127.0.0.1:5557`.
+        #[serde(default, rename = "kvEvents")]
+        kv_events: Option<String>,
     },
 }
 
@@ -159,15 +162,23 @@ pub fn parse(text: &str) -> Result<(ConfigInput, Option<SchedulerProfile>), Stri
         let ns = s.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         let mut endpoints = Vec::new();
         for (j, e) in s.endpoints.into_iter().enumerate() {
-            let (address, name, ready, labels) = match e {
-                StaticEndpoint::Short(a) => (a, None, true, BTreeMap::new()),
+            let (address, name, ready, labels, kv_events) = match e {
+                StaticEndpoint::Short(a) => (a, None, true, BTreeMap::new(), None),
                 StaticEndpoint::Long {
                     address,
                     name,
                     ready,
                     labels,
-                } => (address, name, ready, labels),
+                    kv_events,
+                } => (address, name, ready, labels, kv_events),
             };
+            if let Some(k) = &kv_events {
+                if !k.starts_with("tcp://") {
+                    return Err(format!(
+                        "modelServers[{i}].endpoints[{j}].kvEvents {k:?}: expected tcp://HOST:PORT"
+                    ));
+                }
+            }
             let addr = parse_address(&address, s.spec.workload_port.port)
                 .map_err(|e| format!("modelServers[{i}].endpoints[{j}]: {e}"))?;
             endpoints.push(EndpointInput {
@@ -175,6 +186,7 @@ pub fn parse(text: &str) -> Result<(ConfigInput, Option<SchedulerProfile>), Stri
                 address: addr,
                 ready,
                 labels,
+                kv_events,
             });
         }
         input.servers.push(ServerInput {
@@ -264,7 +276,7 @@ modelServers:
   endpoints:
   - 127.0.0.1:8001
   - {address: 127.0.0.2, name: llama-1}
-  - {address: "127.0.0.1:8003", ready: false}
+  - {address: "127.0.0.1:8003", ready: false, kvEvents: "tcp://127.0.0.1:5557"}
 modelRoutes:
 - metadata: {name: llama, namespace: prod}
   spec: {modelName: llama, rules: [{targetModels: [{modelServerName: llama}]}]}
@@ -290,6 +302,14 @@ modelRoutes:
             ]
         );
         assert_eq!(input.routes[0].key, ObjectKey::new("prod", "llama"));
+        assert_eq!(
+            s.endpoints[2].kv_events.as_deref(),
+            Some("tcp://127.0.0.1:5557")
+        );
+        let bad = FILE.replace("tcp://127.0.0.1:5557", "127.0.0.1:5557");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .contains("modelServers[0].endpoints[2].kvEvents"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use super::matching::{CompiledRule, RequestFacts};
 use super::{CompiledConfig, CompiledRoute, CompiledServer, ObjectKey};
 use crate::endpoints::{EndpointRegistry, EndpointState};
 use crate::metrics::{Metrics, ModelMetrics};
+use crate::prefix::tokenize::Tokenizers;
+use muster_prefix::tokenizer::PromptTokenizer;
 
 /// A server with its endpoints' live state.
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub struct ServerRuntime {
     pub endpoints: Vec<Arc<EndpointState>>,
     /// Round-robin position, kept across reloads.
     pub round_robin: Arc<AtomicU64>,
+    /// The model's tokenizer for prefix scoring; `None`: byte blocks.
+    pub tokenizer: Option<Arc<PromptTokenizer>>,
 }
 
 /// Where a request goes.
@@ -69,6 +73,7 @@ impl RoutingTable {
         registry: &EndpointRegistry,
         positions: &RoundRobinPositions,
         metrics: &Metrics,
+        tokenizers: &Tokenizers,
     ) -> RoutingTable {
         let mut rr = positions.0.lock().expect("positions lock");
         rr.retain(|k, _| config.servers.contains_key(k));
@@ -76,15 +81,44 @@ impl RoutingTable {
             .servers
             .iter()
             .map(|(key, compiled)| {
-                let endpoints = compiled
+                let endpoints: Vec<Arc<EndpointState>> = compiled
                     .endpoints
                     .iter()
                     .map(|e| registry.get_or_create(e, compiled.engine, compiled.upstream))
                     .collect();
+                let uses_prefix = compiled.profile.uses_prefix();
+                if uses_prefix {
+                    let args = &compiled.profile.prefix_cache;
+                    for e in &endpoints {
+                        e.configure_prefix(args.capacity_blocks, args.events_stale_after());
+                    }
+                }
+                // Loaded once per file; only servers that score prefixes need one.
+                let tokenizer = uses_prefix
+                    .then(|| {
+                        let mut models: Vec<&str> = Vec::new();
+                        if let Some(m) = &compiled.model_rewrite {
+                            models.push(m);
+                        }
+                        for routes in config.routes.values() {
+                            for r in routes {
+                                let targets_us = r
+                                    .rules
+                                    .iter()
+                                    .any(|rule| rule.targets.iter().any(|(k, _)| k == key));
+                                if targets_us && !models.contains(&r.model_name.as_str()) {
+                                    models.push(&r.model_name);
+                                }
+                            }
+                        }
+                        tokenizers.resolve(compiled.tokenizer.as_deref(), &models)
+                    })
+                    .flatten();
                 let runtime = ServerRuntime {
                     compiled: compiled.clone(),
                     endpoints,
                     round_robin: rr.entry(key.clone()).or_default().clone(),
+                    tokenizer,
                 };
                 (key.clone(), Arc::new(runtime))
             })

@@ -5,7 +5,7 @@
 
 use muster_api::networking::InferenceEngine;
 
-use crate::scheduler::EngineLoad;
+use crate::scheduler::{EngineLoad, LoraLoad};
 
 struct Names {
     waiting: &'static [&'static str],
@@ -87,9 +87,99 @@ pub fn parse_engine_load(text: &str, engine: InferenceEngine) -> Option<EngineLo
     found.then_some(load)
 }
 
+/// The value of label `name` in a sample line's `{…}` block (quotes unescaped).
+fn label<'a>(line: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let open = line.find('{')?;
+    let mut rest = &line[open + 1..];
+    loop {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().trim_start_matches(',').trim();
+        let after = rest[eq + 1..].strip_prefix('"')?;
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end?;
+        let raw = &after[..end];
+        if key == name {
+            return Some(if raw.contains('\\') {
+                std::borrow::Cow::Owned(raw.replace("\\\"", "\"").replace("\\\\", "\\"))
+            } else {
+                std::borrow::Cow::Borrowed(raw)
+            });
+        }
+        rest = &after[end + 1..];
+    }
+}
+
+/// vLLM's `vllm:lora_requests_info` (labels `max_lora`, `running_lora_adapters`,
+/// `waiting_lora_adapters`, comma-separated). vLLM keeps one series per label set with the
+/// update time as value, so the series with the largest value is the current one.
+pub fn parse_lora(text: &str) -> Option<LoraLoad> {
+    let mut best: Option<(f64, LoraLoad)> = None;
+    for line in text.lines() {
+        let Some((name, value)) = sample(line) else {
+            continue;
+        };
+        if name != "vllm:lora_requests_info" || best.as_ref().is_some_and(|(v, _)| *v > value) {
+            continue;
+        }
+        let list = |l: &str| -> Vec<String> {
+            label(line, l)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let max_loras = label(line, "max_lora")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        best = Some((
+            value,
+            LoraLoad {
+                max_loras,
+                running: list("running_lora_adapters"),
+                waiting: list("waiting_lora_adapters"),
+            },
+        ));
+    }
+    best.map(|(_, l)| l)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lora_info_takes_the_newest_series() {
+        let text = r#"
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="old",waiting_lora_adapters=""} 100
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql, chat",waiting_lora_adapters="x"} 200
+vllm:num_requests_running 2
+"#;
+        assert_eq!(
+            parse_lora(text),
+            Some(LoraLoad {
+                max_loras: 4,
+                running: vec!["sql".into(), "chat".into()],
+                waiting: vec!["x".into()],
+            })
+        );
+        assert_eq!(parse_lora("vllm:num_requests_running 2\n"), None);
+    }
 
     #[test]
     fn sums_series_and_ignores_lookalikes() {

@@ -21,8 +21,9 @@ use serde::Serialize;
 
 use crate::config::{EndpointSpec, UpstreamProtocol};
 use crate::metrics::Metrics;
+use crate::prefix::{EndpointPrefix, PrefixMatch, PrefixReport};
 use crate::proxy::client::UpstreamClients;
-use crate::scheduler::{EndpointView, EngineLoad};
+use crate::scheduler::{EndpointView, EngineLoad, LoraLoad};
 use outlier::{OutlierPolicy, OutlierState};
 
 /// How engine metrics are collected and judged.
@@ -36,9 +37,10 @@ pub struct ScrapeConfig {
     pub stale_after: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     load: EngineLoad,
+    lora: Option<Arc<LoraLoad>>,
     at: Instant,
 }
 
@@ -60,6 +62,9 @@ pub struct EndpointState {
     sample: Mutex<Option<Sample>>,
     last_scrape_error: Mutex<Option<String>>,
     outlier: Mutex<OutlierState>,
+    /// Prefix indexes (approximate, and precise when the engine publishes KV events).
+    pub prefix: EndpointPrefix,
+    events_stale_after_ms: AtomicU64,
 }
 
 /// What `/debug/endpoints` shows about one endpoint.
@@ -89,6 +94,9 @@ pub struct EndpointReport {
     pub ejected: bool,
     /// Current failure streak.
     pub consecutive_failures: u32,
+    /// Prefix indexes.
+    #[serde(flatten)]
+    pub prefix: PrefixReport,
 }
 
 impl EndpointState {
@@ -113,20 +121,38 @@ impl EndpointState {
             sample: Mutex::new(None),
             last_scrape_error: Mutex::new(None),
             outlier: Mutex::new(OutlierState::default()),
+            prefix: EndpointPrefix::new(
+                crate::scheduler::profile::PrefixCacheArgs::default().capacity_blocks,
+                None,
+            ),
+            events_stale_after_ms: AtomicU64::new(5000),
         }
+    }
+
+    /// Like [`EndpointState::new`], with the engine's KV-event address.
+    pub fn with_kv_events(mut self, kv_events: Option<String>) -> Self {
+        self.prefix = EndpointPrefix::new(
+            crate::scheduler::profile::PrefixCacheArgs::default().capacity_blocks,
+            kv_events,
+        );
+        self
     }
 
     /// The scheduler's view at `now`.
     pub fn view(&self, now: Instant, stale_after: Duration) -> EndpointView<'_> {
-        let sample = *self.sample.lock().expect("sample lock");
+        let (engine, lora, at) = match &*self.sample.lock().expect("sample lock") {
+            Some(s) => (Some(s.load), s.lora.clone(), Some(s.at)),
+            None => (None, None, None),
+        };
         EndpointView {
             name: &self.name,
             in_flight_requests: self.in_flight.load(Ordering::Relaxed),
             in_flight_tokens: self.in_flight_tokens.load(Ordering::Relaxed),
-            engine: sample.map(|s| s.load),
-            engine_fresh: sample
-                .is_some_and(|s| now.saturating_duration_since(s.at) <= stale_after),
+            engine,
+            engine_fresh: at.is_some_and(|at| now.saturating_duration_since(at) <= stale_after),
             ejected: self.outlier.lock().expect("outlier lock").is_ejected(now),
+            prefix: PrefixMatch::default(),
+            lora,
         }
     }
 
@@ -142,12 +168,32 @@ impl EndpointState {
 
     /// Stores a metrics sample taken at `at`.
     pub fn set_sample(&self, load: EngineLoad, at: Instant) {
-        *self.sample.lock().expect("sample lock") = Some(Sample { load, at });
+        self.set_sample_with_lora(load, None, at);
+    }
+
+    /// Stores a metrics sample with the engine's LoRA adapters.
+    pub fn set_sample_with_lora(&self, load: EngineLoad, lora: Option<LoraLoad>, at: Instant) {
+        *self.sample.lock().expect("sample lock") = Some(Sample {
+            load,
+            lora: lora.map(Arc::new),
+            at,
+        });
         *self.last_scrape_error.lock().expect("error lock") = None;
     }
 
     fn set_scrape_error(&self, error: String) {
         *self.last_scrape_error.lock().expect("error lock") = Some(error);
+    }
+
+    fn prefix_stale_after(&self) -> Duration {
+        Duration::from_millis(self.events_stale_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets the profile-dependent prefix settings (index capacity, event staleness).
+    pub fn configure_prefix(&self, capacity_blocks: usize, events_stale_after: Duration) {
+        self.prefix.set_capacity(capacity_blocks);
+        self.events_stale_after_ms
+            .store(events_stale_after.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Records a good upstream answer.
@@ -165,22 +211,23 @@ impl EndpointState {
 
     /// Debug report at `now`.
     pub fn report(&self, now: Instant, stale_after: Duration) -> EndpointReport {
-        let sample = *self.sample.lock().expect("sample lock");
+        let sample = self.sample.lock().expect("sample lock").clone();
         let outlier = self.outlier.lock().expect("outlier lock").clone();
-        let age = sample.map(|s| now.saturating_duration_since(s.at));
+        let age = sample.as_ref().map(|s| now.saturating_duration_since(s.at));
         EndpointReport {
             name: self.name.to_string(),
             address: self.address,
             in_flight_requests: self.in_flight.load(Ordering::Relaxed),
             in_flight_tokens: self.in_flight_tokens.load(Ordering::Relaxed),
-            engine_waiting: sample.map(|s| s.load.waiting),
-            engine_running: sample.map(|s| s.load.running),
-            engine_kv_cache_usage: sample.map(|s| s.load.kv_cache_usage),
+            engine_waiting: sample.as_ref().map(|s| s.load.waiting),
+            engine_running: sample.as_ref().map(|s| s.load.running),
+            engine_kv_cache_usage: sample.as_ref().map(|s| s.load.kv_cache_usage),
             metrics_age_seconds: age.map(|a| a.as_secs_f64()),
             metrics_stale: age.is_none_or(|a| a > stale_after),
             last_scrape_error: self.last_scrape_error.lock().expect("error lock").clone(),
             ejected: outlier.is_ejected(now),
             consecutive_failures: outlier.consecutive_failures(),
+            prefix: self.prefix.report(now, self.prefix_stale_after()),
         }
     }
 }
@@ -208,10 +255,13 @@ impl Drop for InFlight {
     }
 }
 
+/// Address, name, protocol and KV-event address: a change of any is a new endpoint.
+type EndpointKey = (SocketAddr, String, UpstreamProtocol, Option<String>);
+
 /// All endpoints the current configuration references, shared across configuration reloads so
 /// in-flight counts, samples and ejections survive them.
 pub struct EndpointRegistry {
-    map: Mutex<HashMap<(SocketAddr, String, UpstreamProtocol), Weak<EndpointState>>>,
+    map: Mutex<HashMap<EndpointKey, Weak<EndpointState>>>,
     scrape: ScrapeConfig,
     clients: UpstreamClients,
     metrics: Arc<Metrics>,
@@ -242,16 +292,25 @@ impl EndpointRegistry {
         protocol: UpstreamProtocol,
     ) -> Arc<EndpointState> {
         let mut map = self.map.lock().expect("registry lock");
-        let key = (spec.address, spec.name.clone(), protocol);
+        let key = (
+            spec.address,
+            spec.name.clone(),
+            protocol,
+            spec.kv_events.clone(),
+        );
         if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
-        let state = Arc::new(EndpointState::new(
-            &spec.name,
-            spec.address,
-            engine,
-            protocol,
-        ));
+        let state = Arc::new(
+            EndpointState::new(&spec.name, spec.address, engine, protocol)
+                .with_kv_events(spec.kv_events.clone()),
+        );
+        if let Some(address) = &spec.kv_events {
+            tokio::spawn(crate::prefix::kv_events::subscribe(
+                Arc::downgrade(&state),
+                address.clone(),
+            ));
+        }
         if let Some(interval) = self.scrape.interval {
             tokio::spawn(scrape_loop(
                 Arc::downgrade(&state),
@@ -328,9 +387,10 @@ async fn scrape_loop(
         };
         match result.and_then(|text| {
             engine_metrics::parse_engine_load(&text, engine)
+                .map(|load| (load, engine_metrics::parse_lora(&text)))
                 .ok_or_else(|| "no known engine gauges in /metrics".to_string())
         }) {
-            Ok(load) => state.set_sample(load, Instant::now()),
+            Ok((load, lora)) => state.set_sample_with_lora(load, lora, Instant::now()),
             Err(e) => {
                 metrics.scrape_errors.inc();
                 state.set_scrape_error(e);

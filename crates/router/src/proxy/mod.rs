@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub max_idle_per_endpoint: usize,
     /// Emit one access-log line per request.
     pub access_log: bool,
+    /// Tokenizers for prefix-aware scheduling (`--tokenizer`).
+    pub tokenizers: Arc<crate::prefix::tokenize::Tokenizers>,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +71,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             max_idle_per_endpoint: 1024,
             access_log: true,
+            tokenizers: Arc::default(),
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct AppState {
     pub config: ProxyConfig,
     /// Recent sessions (debug).
     pub sessions: SessionLog,
+    /// Tokenizers and prefix metrics for cache-aware scheduling.
+    pub prefix: crate::prefix::runtime::PrefixRuntime,
     /// Authentication, token rate limits and fair queuing.
     pub policy: Arc<TrafficPolicy>,
 }
@@ -120,6 +125,10 @@ impl AppState {
         registry: Arc<EndpointRegistry>,
         policy: Arc<TrafficPolicy>,
     ) -> Self {
+        let prefix = crate::prefix::runtime::PrefixRuntime::new(
+            config.tokenizers.clone(),
+            metrics.registry(),
+        );
         AppState {
             table: RwLock::new(Arc::new(RoutingTable::default())),
             ready: AtomicBool::new(false),
@@ -130,6 +139,7 @@ impl AppState {
             registry,
             config,
             sessions: SessionLog::default(),
+            prefix,
             policy,
         }
     }
@@ -141,7 +151,13 @@ impl AppState {
 
     /// Installs a new configuration and marks the router ready.
     pub fn publish(&self, compiled: CompiledConfig) {
-        let table = RoutingTable::build(compiled, &self.registry, &self.positions, &self.metrics);
+        let table = RoutingTable::build(
+            compiled,
+            &self.registry,
+            &self.positions,
+            &self.metrics,
+            &self.config.tokenizers,
+        );
         *self.table.write().expect("table lock") = Arc::new(table);
         self.ready.store(true, Ordering::Release);
     }
@@ -441,6 +457,7 @@ async fn proxy(
     record.rule = Some(resolved.rule.name.clone());
     let server: Arc<ServerRuntime> = resolved.server.clone();
     let lora = resolved.lora;
+    let route_model = resolved.route.model_name.clone();
     let compiled = server.compiled.clone();
     let server_label = compiled.label.clone();
     record.server = Some(server_label.clone());
@@ -477,6 +494,26 @@ async fn proxy(
     let output_reserve = inspected
         .max_tokens
         .unwrap_or(state.policy.limits.config().default_max_tokens);
+    // Cache-aware scheduling: the prompt's chained block hashes, as the engine will hash them
+    // (its served model name, the LoRA adapter, the cache salt).
+    let prefix_blocks = {
+        let (hash_model, adapter) = if lora {
+            let base = compiled.model_rewrite.as_deref().unwrap_or(&route_model);
+            (base, Some(inspected.model.as_str()))
+        } else {
+            (rewrite_to.unwrap_or(&inspected.model), None)
+        };
+        state.prefix.request_blocks(
+            &server,
+            &profile,
+            kind,
+            &inspected.object,
+            hash_model,
+            adapter,
+        )
+    };
+    let lora_adapter = lora.then(|| inspected.model.clone());
+    let output_budget = inspected.max_tokens.unwrap_or(256);
     drop(inspected);
     record.policy = Some(RequestPolicy::new(identity.clone()));
     let mut limit_headers = Vec::new();
@@ -565,7 +602,13 @@ async fn proxy(
             let views: Vec<_> = server
                 .endpoints
                 .iter()
-                .map(|e| e.view(sched_start, stale_after))
+                .map(|e| {
+                    let mut v = e.view(sched_start, stale_after);
+                    if let Some(b) = &prefix_blocks {
+                        v.prefix = state.prefix.lookup(e, b, &profile, sched_start);
+                    }
+                    v
+                })
                 .collect();
             schedule(
                 &views,
@@ -575,14 +618,22 @@ async fn proxy(
                     exclude: &tried,
                     random_seed: fastrand::u64(..),
                     round_robin: server.round_robin.fetch_add(1, Ordering::Relaxed),
+                    prefix: prefix_blocks.as_ref().map(|b| b.schedule_input()),
+                    lora: lora_adapter.as_deref(),
                 },
             )
+            .map(|d| {
+                let cached = views[d.index]
+                    .prefix
+                    .effective(profile.weight(PluginKind::KvEvents) > 0.0);
+                (d, cached)
+            })
         };
         state
             .metrics
             .scheduling_duration
             .observe(sched_start.elapsed().as_secs_f64());
-        let decision = match decision {
+        let (decision, cached_blocks) = match decision {
             Ok(d) => d,
             Err(e) => return reject(record, ApiError::unavailable(format!("{e}"))),
         };
@@ -590,6 +641,15 @@ async fn proxy(
             state.metrics.plugin_score(*plugin).observe(*score);
         }
         let endpoint = server.endpoints[decision.index].clone();
+        // With prefix scoring, in-flight work counts only the prompt the engine must compute
+        // (the expected wait the release valve compares), and the index learns the route.
+        let token_estimate = match &prefix_blocks {
+            Some(b) => {
+                endpoint.prefix.record_routed(&b.hashes, Instant::now());
+                b.uncached_tokens(cached_blocks) + output_budget
+            }
+            None => token_estimate,
+        };
         tried.push(decision.index);
         record.attempts = attempt + 1;
         record.endpoint = Some(endpoint.name.clone());

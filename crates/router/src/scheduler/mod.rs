@@ -12,7 +12,10 @@ mod plugins;
 pub mod profile;
 pub mod rendezvous;
 
+pub use crate::prefix::PrefixMatch;
 pub use profile::{PluginKind, PluginWeight, SchedulerProfile};
+
+use std::sync::Arc;
 
 /// Engine-reported load, from its Prometheus metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -23,6 +26,17 @@ pub struct EngineLoad {
     pub running: f64,
     /// KV-cache usage in `[0, 1]` (`vllm:kv_cache_usage_perc`).
     pub kv_cache_usage: f64,
+}
+
+/// LoRA adapters the engine reports (`vllm:lora_requests_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoraLoad {
+    /// Adapters the engine can hold in a batch (`max_lora`).
+    pub max_loras: u32,
+    /// Adapters of running requests.
+    pub running: Vec<String>,
+    /// Adapters of waiting requests.
+    pub waiting: Vec<String>,
 }
 
 /// What the scheduler knows about one endpoint at decision time.
@@ -40,6 +54,21 @@ pub struct EndpointView<'a> {
     pub engine_fresh: bool,
     /// Passively ejected after consecutive failures.
     pub ejected: bool,
+    /// How much of this request's prompt the endpoint holds (zero when not computed).
+    pub prefix: PrefixMatch,
+    /// Its LoRA adapters, from the last engine sample.
+    pub lora: Option<Arc<LoraLoad>>,
+}
+
+/// The request's prompt, for the prefix scorers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefixRequest {
+    /// Full blocks of the prompt that were hashed and looked up.
+    pub total_blocks: u32,
+    /// Tokens per block.
+    pub block_tokens: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
 }
 
 /// Per-request inputs.
@@ -53,6 +82,10 @@ pub struct ScheduleRequest<'a> {
     pub random_seed: u64,
     /// Position of the round-robin plugin.
     pub round_robin: u64,
+    /// The prompt's blocks, when a prefix plugin is enabled and the prompt could be read.
+    pub prefix: Option<PrefixRequest>,
+    /// The LoRA adapter the request runs on.
+    pub lora: Option<&'a str>,
 }
 
 /// Where the session-affinity plugin wanted the request.
@@ -162,6 +195,19 @@ pub fn schedule(
                 }
                 None => vec![0.0; candidates.len()],
             },
+            PluginKind::PrefixCache | PluginKind::KvEvents => match request.prefix {
+                Some(prefix) => plugins::prefix_cache(
+                    endpoints,
+                    &loads,
+                    &candidates,
+                    &prefix,
+                    p.name == PluginKind::KvEvents,
+                ),
+                None => vec![0.0; candidates.len()],
+            },
+            PluginKind::LoraAffinity => {
+                plugins::lora_affinity(endpoints, &candidates, request.lora)
+            }
         };
         for (t, s) in totals.iter_mut().zip(&scores) {
             debug_assert!((0.0..=1.0).contains(s), "{} scored {s}", p.name.as_str());

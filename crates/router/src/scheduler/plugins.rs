@@ -1,7 +1,7 @@
 //! Scorers. Each returns one score in `[0, 1]` per candidate (higher is better).
 
 use super::rendezvous;
-use super::{EndpointView, EngineLoad, SessionDecision, SplitMix64};
+use super::{EndpointView, EngineLoad, PrefixRequest, SessionDecision, SplitMix64};
 
 /// Engine load to score with: an endpoint's own metrics when fresh; otherwise the worst of its
 /// last known values and what the fresh endpoints report, so a pod whose metrics stopped
@@ -146,4 +146,109 @@ pub(super) fn session_affinity(
             placed: candidates[p.chosen],
         },
     )
+}
+
+/// Cached blocks of the request on endpoint `i`: the approximate count, or for `kv-events` the
+/// engine-reported count (plus blocks routed there too recently for events to confirm) when
+/// the endpoint's event feed is live, else the approximate count as fallback.
+fn cached_blocks(e: &EndpointView<'_>, precise: bool, total: u32) -> u32 {
+    e.prefix.effective(precise).min(total)
+}
+
+/// Prefix affinity with a release valve.
+///
+/// The affinity score of an endpoint is the fraction of the prompt's blocks it holds, counted
+/// from block 0: `cached / total`. It is kept only while the endpoint's expected wait is no
+/// worse than that of sending the request cold to the least-loaded endpoint. Wait is measured
+/// in prompt tokens of work queued ahead plus the request's own uncached prompt:
+///
+/// ```text
+/// uncached_i = prompt_tokens − cached_i · block_tokens
+/// pending_i  = router in-flight tokens_i + max(0, engine waiting_i − router in-flight_i) · uncached_i
+/// wait_i     = pending_i + uncached_i
+/// cold       = min_j (pending_j + prompt_tokens)
+/// score_i    = cached_i / total   if wait_i ≤ cold,   else 0
+/// ```
+///
+/// Router in-flight tokens count each request's uncached prompt and output budget. The
+/// engine's queue beyond what this router has in flight (other router replicas' traffic) is
+/// costed at this request's own uncached size there — queued requests on a warm endpoint
+/// mostly share its prefix. So a hot prefix stays on its warm endpoint while the cache saves
+/// more than the queue there costs, and spills to a cold endpoint (which then warms up) once
+/// it does not: affinity yields to load exactly when following it would be slower, instead
+/// of at a fixed threshold.
+pub(super) fn prefix_cache(
+    endpoints: &[EndpointView<'_>],
+    loads: &[EngineLoad],
+    candidates: &[usize],
+    request: &PrefixRequest,
+    precise: bool,
+) -> Vec<f64> {
+    let total = request.total_blocks;
+    if total == 0 {
+        return vec![0.0; candidates.len()];
+    }
+    let prompt = request.prompt_tokens as f64;
+    let mut cold = f64::INFINITY;
+    let parts: Vec<(u32, f64)> = candidates
+        .iter()
+        .map(|&i| {
+            let e = &endpoints[i];
+            let cached = cached_blocks(e, precise, total);
+            let uncached = (prompt - f64::from(cached) * request.block_tokens as f64).max(0.0);
+            let others = (loads[i].waiting - f64::from(e.in_flight_requests)).max(0.0);
+            let pending = e.in_flight_tokens as f64 + others * uncached;
+            cold = cold.min(e.in_flight_tokens as f64 + others * prompt + prompt);
+            (cached, pending + uncached)
+        })
+        .collect();
+    parts
+        .into_iter()
+        .map(|(cached, wait)| {
+            if cached > 0 && wait <= cold {
+                f64::from(cached) / f64::from(total)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// LoRA affinity (llm-d's levels): 1 when the adapter is running on the endpoint, 0.8 when the
+/// engine has a free adapter slot, 0.6 when requests for it are already waiting there, 0 when
+/// every slot is taken by other adapters; 0.5 when the engine reports nothing. Requests for
+/// the base model score 0 everywhere (no preference).
+pub(super) fn lora_affinity(
+    endpoints: &[EndpointView<'_>],
+    candidates: &[usize],
+    adapter: Option<&str>,
+) -> Vec<f64> {
+    let Some(adapter) = adapter else {
+        return vec![0.0; candidates.len()];
+    };
+    candidates
+        .iter()
+        .map(|&i| match &endpoints[i].lora {
+            None => 0.5,
+            Some(l) => {
+                let mut distinct: Vec<&str> = l
+                    .running
+                    .iter()
+                    .chain(&l.waiting)
+                    .map(String::as_str)
+                    .collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if l.running.iter().any(|a| a == adapter) {
+                    1.0
+                } else if (distinct.len() as u32) < l.max_loras {
+                    0.8
+                } else if l.waiting.iter().any(|a| a == adapter) {
+                    0.6
+                } else {
+                    0.0
+                }
+            }
+        })
+        .collect()
 }

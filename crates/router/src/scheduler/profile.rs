@@ -31,16 +31,27 @@ pub enum PluginKind {
     KvCacheUsage,
     /// Same conversation → same endpoint (rendezvous hashing with bounded load).
     SessionAffinity,
+    /// Longest cached prefix per the approximate index (what this router sent where),
+    /// yielding to load when the warm endpoint's expected wait exceeds a cold one's.
+    PrefixCache,
+    /// The same, per the engines' KV events (falls back to the approximate index per endpoint
+    /// while its events are not live).
+    KvEvents,
+    /// The request's LoRA adapter is already running on the endpoint.
+    LoraAffinity,
 }
 
 impl PluginKind {
     /// Every plugin, for metric label pre-registration.
-    pub const ALL: [PluginKind; 5] = [
+    pub const ALL: [PluginKind; 8] = [
         PluginKind::Random,
         PluginKind::RoundRobin,
         PluginKind::LeastRequest,
         PluginKind::KvCacheUsage,
         PluginKind::SessionAffinity,
+        PluginKind::PrefixCache,
+        PluginKind::KvEvents,
+        PluginKind::LoraAffinity,
     ];
 
     /// Position in [`PluginKind::ALL`].
@@ -56,6 +67,9 @@ impl PluginKind {
             PluginKind::LeastRequest => "least-request",
             PluginKind::KvCacheUsage => "kv-cache-usage",
             PluginKind::SessionAffinity => "session-affinity",
+            PluginKind::PrefixCache => "prefix-cache",
+            PluginKind::KvEvents => "kv-events",
+            PluginKind::LoraAffinity => "lora-affinity",
         }
     }
 }
@@ -145,6 +159,74 @@ impl Default for SessionAffinityArgs {
     }
 }
 
+/// Arguments of the `prefix-cache` and `kv-events` plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixCacheArgs {
+    /// Tokens per KV block; must equal the engines' block size (vLLM's and engine-sim's
+    /// default is 16) or no hash will ever match.
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// Capacity of the approximate index per endpoint, in blocks: the engine's KV capacity
+    /// (`num_gpu_blocks`). The default is engine-sim's default profile (Llama-3-8B on one
+    /// H100 80GB: 27,298 blocks).
+    #[serde(default = "default_capacity_blocks")]
+    pub capacity_blocks: usize,
+    /// Blocks matched at most (bounds hashing and lookup work on huge prompts).
+    #[serde(default = "default_max_blocks")]
+    pub max_blocks: usize,
+    /// `kv-events`: an endpoint whose engine published no event for this long after a
+    /// request was routed to it is scored from the approximate index instead.
+    #[serde(default = "default_events_stale_after")]
+    pub events_stale_after: String,
+    /// `kv-events`: blocks routed to an endpoint this recently count as cached there even
+    /// before the engine's events confirm them (bursts of one prefix stay together).
+    #[serde(default = "default_predict_window")]
+    pub predict_window: String,
+}
+
+fn default_block_size() -> usize {
+    16
+}
+fn default_capacity_blocks() -> usize {
+    27_298
+}
+fn default_max_blocks() -> usize {
+    8192
+}
+fn default_events_stale_after() -> String {
+    "5s".into()
+}
+fn default_predict_window() -> String {
+    "2s".into()
+}
+
+impl Default for PrefixCacheArgs {
+    fn default() -> Self {
+        PrefixCacheArgs {
+            block_size: default_block_size(),
+            capacity_blocks: default_capacity_blocks(),
+            max_blocks: default_max_blocks(),
+            events_stale_after: default_events_stale_after(),
+            predict_window: default_predict_window(),
+        }
+    }
+}
+
+impl PrefixCacheArgs {
+    /// `eventsStaleAfter` as a duration (validated by [`SchedulerProfile::validate`]).
+    pub fn events_stale_after(&self) -> std::time::Duration {
+        crate::duration::parse_duration(&self.events_stale_after)
+            .unwrap_or(std::time::Duration::from_secs(5))
+    }
+
+    /// `predictWindow` as a duration.
+    pub fn predict_window(&self) -> std::time::Duration {
+        crate::duration::parse_duration(&self.predict_window)
+            .unwrap_or(std::time::Duration::from_secs(2))
+    }
+}
+
 /// Plugins, weights and plugin arguments for one ModelServer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -158,6 +240,9 @@ pub struct SchedulerProfile {
     /// Session-affinity arguments.
     #[serde(default)]
     pub session_affinity: SessionAffinityArgs,
+    /// Prefix-cache and kv-events arguments.
+    #[serde(default)]
+    pub prefix_cache: PrefixCacheArgs,
 }
 
 fn default_plugins() -> Vec<PluginWeight> {
@@ -183,6 +268,7 @@ impl Default for SchedulerProfile {
             plugins: default_plugins(),
             least_request: LeastRequestArgs::default(),
             session_affinity: SessionAffinityArgs::default(),
+            prefix_cache: PrefixCacheArgs::default(),
         }
     }
 }
@@ -233,7 +319,32 @@ impl SchedulerProfile {
                 self.session_affinity.header
             ));
         }
+        let pc = &self.prefix_cache;
+        if !(1..=4096).contains(&pc.block_size) {
+            return Err(format!(
+                "prefixCache.blockSize must be between 1 and 4096 tokens, got {}",
+                pc.block_size
+            ));
+        }
+        if pc.capacity_blocks == 0 {
+            return Err("prefixCache.capacityBlocks must be positive".into());
+        }
+        if pc.max_blocks == 0 {
+            return Err("prefixCache.maxBlocks must be positive".into());
+        }
+        for (field, v) in [
+            ("eventsStaleAfter", &pc.events_stale_after),
+            ("predictWindow", &pc.predict_window),
+        ] {
+            crate::duration::parse_duration(v)
+                .map_err(|e| format!("prefixCache.{field} {v:?}: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// Whether requests need their prompt hashed (a prefix plugin is enabled).
+    pub fn uses_prefix(&self) -> bool {
+        self.weight(PluginKind::PrefixCache) > 0.0 || self.weight(PluginKind::KvEvents) > 0.0
     }
 
     /// Weight of `kind`, 0 when disabled.
@@ -259,6 +370,30 @@ mod tests {
         assert_eq!(p.weight(PluginKind::KvCacheUsage), 3.0);
         assert_eq!(p.weight(PluginKind::LeastRequest), 0.0);
         assert_eq!(p.session_affinity.header, "x-session-id");
+        assert_eq!(p.prefix_cache.block_size, 16);
+        assert!(!p.uses_prefix());
+    }
+
+    #[test]
+    fn parses_the_benchmark_contract() {
+        let p = SchedulerProfile::parse(
+            "plugins: [{name: prefix-cache, weight: 2}, {name: least-request, weight: 1}, \
+             {name: lora-affinity}]\nprefixCache: {blockSize: 16, capacityBlocks: 4096}\n",
+        )
+        .unwrap();
+        assert_eq!(p.weight(PluginKind::PrefixCache), 2.0);
+        assert_eq!(p.weight(PluginKind::LoraAffinity), 1.0);
+        assert_eq!(p.prefix_cache.capacity_blocks, 4096);
+        assert!(p.uses_prefix());
+        let k = SchedulerProfile::parse(
+            "plugins: [{name: kv-events}]\nprefixCache: {eventsStaleAfter: 500ms}",
+        )
+        .unwrap();
+        assert!(k.uses_prefix());
+        assert_eq!(
+            k.prefix_cache.events_stale_after(),
+            std::time::Duration::from_millis(500)
+        );
     }
 
     #[test]
@@ -280,6 +415,16 @@ mod tests {
                 "leastRequest.queueWeight",
             ),
             ("plugin: []", "unknown field `plugin`"),
+            ("prefixCache: {blockSize: 0}", "prefixCache.blockSize"),
+            (
+                "prefixCache: {capacityBlocks: 0}",
+                "prefixCache.capacityBlocks",
+            ),
+            (
+                "prefixCache: {eventsStaleAfter: soon}",
+                "prefixCache.eventsStaleAfter",
+            ),
+            ("prefixCache: {blocksize: 16}", "unknown field `blocksize`"),
         ];
         for (text, want) in cases {
             let err = SchedulerProfile::parse(text).unwrap_err();

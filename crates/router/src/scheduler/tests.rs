@@ -11,6 +11,8 @@ fn view(name: &str) -> EndpointView<'_> {
         engine: Some(EngineLoad::default()),
         engine_fresh: true,
         ejected: false,
+        prefix: PrefixMatch::default(),
+        lora: None,
     }
 }
 
@@ -285,7 +287,7 @@ fn arb_view() -> impl Strategy<Value = RawView> {
 }
 
 fn arb_profile() -> impl Strategy<Value = SchedulerProfile> {
-    prop::collection::vec((0usize..5, 0.0f64..5.0), 0..5).prop_map(|ws| {
+    prop::collection::vec((0usize..PluginKind::ALL.len(), 0.0f64..5.0), 0..5).prop_map(|ws| {
         let mut plugins: Vec<PluginWeight> = Vec::new();
         for (k, w) in ws {
             let name = PluginKind::ALL[k];
@@ -318,9 +320,12 @@ proptest! {
             engine: e.map(|(w, run, kv)| EngineLoad { waiting: w, running: run, kv_cache_usage: kv }),
             engine_fresh: *fresh,
             ejected: *ej,
+            prefix: PrefixMatch { approx_blocks: *t as u32 % 70, precise_blocks: fresh.then_some(*r % 70), recent_blocks: 0 },
+            lora: None,
         }).collect();
         let exclude: Vec<usize> = if exclude_first { vec![0] } else { vec![] };
-        let r = ScheduleRequest { session: session.as_deref(), exclude: &exclude, random_seed: seed, round_robin: rr };
+        let prefix = Some(PrefixRequest { total_blocks: 64, block_tokens: 16, prompt_tokens: 1030 });
+        let r = ScheduleRequest { session: session.as_deref(), exclude: &exclude, random_seed: seed, round_robin: rr, prefix, lora: Some("a") };
         let a = schedule(&views, &profile, &r).unwrap();
         let b = schedule(&views, &profile, &r).unwrap();
         prop_assert_eq!(&a, &b);
@@ -363,4 +368,229 @@ proptest! {
         let b = schedule(&rotated, &profile, &ScheduleRequest { session: Some(&session), ..req(seed_b) }).unwrap();
         prop_assert_eq!(views[a.index].name, rotated[b.index].name);
     }
+}
+
+fn prefix_profile(kind: PluginKind) -> SchedulerProfile {
+    SchedulerProfile {
+        plugins: vec![
+            PluginWeight {
+                name: kind,
+                weight: 2.0,
+            },
+            PluginWeight {
+                name: PluginKind::LeastRequest,
+                weight: 1.0,
+            },
+        ],
+        ..SchedulerProfile::default()
+    }
+}
+
+/// A 4,096-token system prompt plus a 256-token question: 272 blocks of 16.
+const HOT: PrefixRequest = PrefixRequest {
+    total_blocks: 272,
+    block_tokens: 16,
+    prompt_tokens: 4352,
+};
+
+fn with_load(name: &str, requests: u32, tokens: u64, cached: u32) -> EndpointView<'_> {
+    EndpointView {
+        in_flight_requests: requests,
+        in_flight_tokens: tokens,
+        prefix: PrefixMatch {
+            approx_blocks: cached,
+            precise_blocks: None,
+            recent_blocks: 0,
+        },
+        ..view(name)
+    }
+}
+
+fn prefix_req(seed: u64) -> ScheduleRequest<'static> {
+    ScheduleRequest {
+        random_seed: seed,
+        prefix: Some(HOT),
+        ..ScheduleRequest::default()
+    }
+}
+
+#[test]
+fn prefix_affinity_beats_a_lighter_cold_endpoint() {
+    // The warm endpoint is a little busier: the cache saves far more than its queue costs.
+    let views = [
+        with_load("warm", 2, 800, 256),
+        with_load("cold-a", 0, 0, 0),
+        with_load("cold-b", 1, 400, 0),
+    ];
+    for seed in 0..50 {
+        let d = schedule(
+            &views,
+            &prefix_profile(PluginKind::PrefixCache),
+            &prefix_req(seed),
+        )
+        .unwrap();
+        assert_eq!(d.index, 0, "seed {seed}");
+        let (_, s) = d.scores[0];
+        assert!(
+            (s - 256.0 / 272.0).abs() < 1e-9,
+            "score is the cached fraction: {s}"
+        );
+    }
+}
+
+#[test]
+fn release_valve_engages_under_a_hot_prefix() {
+    // Every request shares the prefix. Simulate a burst: each decision is recorded in the
+    // snapshot (the chosen endpoint gets the request's uncached work in flight and the
+    // prefix) and the next request is scheduled against it. Affinity must keep the prefix on
+    // the warm endpoint while that is faster, then spill once its queue outweighs the cache.
+    let names = ["e0", "e1", "e2", "e3"];
+    let mut in_flight = [0u32; 4];
+    let mut tokens = [0u64; 4];
+    let mut cached = [256u32, 0, 0, 0];
+    let mut first_spill = None;
+    for n in 0..200u64 {
+        let views: Vec<EndpointView> = (0..4)
+            .map(|i| with_load(names[i], in_flight[i], tokens[i], cached[i]))
+            .collect();
+        let d = schedule(
+            &views,
+            &prefix_profile(PluginKind::PrefixCache),
+            &prefix_req(n),
+        )
+        .unwrap();
+        let i = d.index;
+        if i != 0 && first_spill.is_none() {
+            first_spill = Some((n, tokens[0]));
+            // The valve: the warm endpoint's wait now exceeds sending the request cold.
+            let warm_wait = tokens[0] + (4352 - 256 * 16);
+            let cold_wait = (1..4).map(|j| tokens[j] + 4352).min().unwrap();
+            assert!(
+                warm_wait > cold_wait,
+                "spilled at {warm_wait} vs {cold_wait}"
+            );
+        }
+        let uncached = 4352 - u64::from(cached[i]) * 16;
+        in_flight[i] += 1;
+        tokens[i] += uncached + 128;
+        cached[i] = 256;
+    }
+    let (n, warm_tokens) = first_spill.expect("a hot prefix must spill to other endpoints");
+    assert!(
+        n >= 5,
+        "affinity held for a while first (spilled at request {n})"
+    );
+    assert!(
+        warm_tokens >= 4096,
+        "spilled only once the queue outweighed the cache"
+    );
+    // After warming up, every endpoint takes a share: no hot spot.
+    let max = *in_flight.iter().max().unwrap();
+    let min = *in_flight.iter().min().unwrap();
+    assert!(min > 0, "{in_flight:?}");
+    assert!(
+        max <= 2 * min + 12,
+        "balanced within the valve's slack: {in_flight:?}"
+    );
+}
+
+#[test]
+fn engine_queues_from_other_replicas_count_as_load() {
+    // The warm endpoint looks nearly idle to this router, but its engine reports a deep queue
+    // (other router replicas' traffic): affinity must yield.
+    let mut warm = with_load("warm", 1, 500, 256);
+    let views_idle = [warm.clone(), with_load("cold", 1, 500, 0)];
+    warm.engine = Some(EngineLoad {
+        waiting: 40.0,
+        running: 60.0,
+        kv_cache_usage: 0.5,
+    });
+    let views_busy = [warm, with_load("cold", 1, 500, 0)];
+    for seed in 0..20 {
+        let p = prefix_profile(PluginKind::PrefixCache);
+        let d = schedule(&views_idle, &p, &prefix_req(seed)).unwrap();
+        assert_eq!(d.index, 0, "idle engine: affinity holds");
+        let d = schedule(&views_busy, &p, &prefix_req(seed)).unwrap();
+        assert_eq!(d.index, 1, "busy engine: affinity yields");
+        assert_eq!(d.scores[0], (PluginKind::PrefixCache, 0.0));
+    }
+}
+
+#[test]
+fn kv_events_use_precise_counts_and_fall_back_per_endpoint() {
+    let mut a = with_load("a", 0, 0, 200); // approximate index believes a is warm…
+    a.prefix.precise_blocks = Some(0); // …but its engine evicted the prefix.
+    let mut b = with_load("b", 0, 0, 0);
+    b.prefix.precise_blocks = Some(150);
+    let c = with_load("c", 0, 0, 100); // no live feed: the approximate count stands in
+    let views = [a, b, c];
+    let precise = schedule(&views, &only(PluginKind::KvEvents), &prefix_req(1)).unwrap();
+    assert_eq!(precise.index, 1);
+    let approx = schedule(&views, &only(PluginKind::PrefixCache), &prefix_req(1)).unwrap();
+    assert_eq!(approx.index, 0);
+    // Without b, the endpoint without a feed wins on its approximate count.
+    let precise = schedule(
+        &[views[0].clone(), views[2].clone()],
+        &only(PluginKind::KvEvents),
+        &prefix_req(1),
+    )
+    .unwrap();
+    assert_eq!(precise.index, 1);
+    // Blocks routed too recently for events to confirm count as cached.
+    let mut d = with_load("d", 0, 0, 0);
+    d.prefix.precise_blocks = Some(10);
+    d.prefix.recent_blocks = 272;
+    let r = schedule(
+        &[views[1].clone(), d],
+        &only(PluginKind::KvEvents),
+        &prefix_req(1),
+    )
+    .unwrap();
+    assert_eq!(r.index, 1);
+}
+
+#[test]
+fn no_prefix_information_scores_zero() {
+    let views = [with_load("a", 0, 0, 100), with_load("b", 0, 0, 0)];
+    let d = schedule(&views, &only(PluginKind::PrefixCache), &req(1)).unwrap();
+    assert_eq!(d.scores, vec![(PluginKind::PrefixCache, 0.0)]);
+}
+
+#[test]
+fn lora_affinity_levels() {
+    let lora = |max, running: &[&str], waiting: &[&str]| {
+        Some(Arc::new(LoraLoad {
+            max_loras: max,
+            running: running.iter().map(|s| s.to_string()).collect(),
+            waiting: waiting.iter().map(|s| s.to_string()).collect(),
+        }))
+    };
+    let mk = |name, l| EndpointView {
+        lora: l,
+        ..view(name)
+    };
+    let views = [
+        mk("running", lora(2, &["sql", "x"], &[])),
+        mk("free-slot", lora(2, &["x"], &[])),
+        mk("waiting", lora(2, &["x", "y"], &["sql"])),
+        mk("full", lora(2, &["x", "y"], &[])),
+        mk("unknown", None),
+    ];
+    let scores = plugins::lora_affinity(&views, &[0, 1, 2, 3, 4], Some("sql"));
+    assert_eq!(scores, vec![1.0, 0.8, 0.6, 0.0, 0.5]);
+    assert_eq!(
+        plugins::lora_affinity(&views, &[0, 1], None),
+        vec![0.0, 0.0],
+        "base-model requests have no preference"
+    );
+    let d = schedule(
+        &views[1..],
+        &only(PluginKind::LoraAffinity),
+        &ScheduleRequest {
+            lora: Some("sql"),
+            ..req(9)
+        },
+    )
+    .unwrap();
+    assert_eq!(d.index, 0);
 }

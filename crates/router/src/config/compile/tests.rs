@@ -19,6 +19,7 @@ fn server(name: &str, yaml: &str, endpoints: &[(&str, &str, bool)]) -> ServerInp
                 address: a.parse::<SocketAddr>().unwrap(),
                 ready: *ready,
                 labels: BTreeMap::new(),
+                kv_events: None,
             })
             .collect(),
     }
@@ -105,6 +106,7 @@ fn a_newer_duplicate_still_serves_what_the_older_rules_do_not_match() {
                         compiled: s.clone(),
                         endpoints: vec![],
                         round_robin: Default::default(),
+                        tokenizer: None,
                     }),
                 )
             })
