@@ -13,6 +13,7 @@ pub mod autoscaling;
 pub mod crd;
 pub mod labels;
 pub mod networking;
+pub mod reference;
 pub mod serving;
 pub mod volcano;
 
