@@ -381,7 +381,7 @@ async fn removing_an_endpoint_purges_its_index() {
     // Remove the endpoint that holds blocks, then bring it back: it starts empty.
     let others: Vec<&Engine> = (0..2).filter(|i| *i != held).map(|i| &engines[i]).collect();
     let mut one = server_yaml("s", &others, false);
-    one = one.replace(&format!("name: s-0"), &format!("name: s-{}", 1 - held));
+    one = one.replace("name: s-0", &format!("name: s-{}", 1 - held));
     router.rewrite_config(&standalone(PREFIX_PROFILE, &one));
     let name = format!("s-{held}");
     let deadline = Instant::now() + Duration::from_secs(10);
