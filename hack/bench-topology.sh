@@ -49,19 +49,5 @@ down() {
   bash hack/cluster-down.sh >&2 || echo "bench-topology: cluster-down failed" >&2
 }
 trap down EXIT
-# Workaround: on a loaded machine `kubectl wait --for=condition=Established crd --all` (in
-# cluster-up) can fail at once with "accessor error" when a CRD has no status conditions yet,
-# instead of waiting. cluster-up takes its kubectl from MUSTER_KUBECTL; this one retries `wait`.
-mkdir -p "$MUSTER_CLUSTER_DIR"
-real_kubectl=${MUSTER_KUBECTL:-$(command -v kubectl)}
-cat >"$MUSTER_CLUSTER_DIR/kubectl-retry-wait" <<EOF
-#!/usr/bin/env bash
-if [ "\${1:-}" = --kubeconfig ] && [ "\${3:-}" = wait ]; then
-  for _ in 1 2 3 4 5 6 7 8 9; do "$real_kubectl" "\$@" && exit 0; sleep 2; done
-fi
-exec "$real_kubectl" "\$@"
-EOF
-chmod +x "$MUSTER_CLUSTER_DIR/kubectl-retry-wait"
-export MUSTER_KUBECTL=$MUSTER_CLUSTER_DIR/kubectl-retry-wait
 bash hack/cluster-up.sh >&2
 target/debug/bench-topology "$@"

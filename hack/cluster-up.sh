@@ -354,8 +354,13 @@ for f in "${crd_files[@]}"; do
   # Server-side apply: Volcano's CRDs are too large for the last-applied annotation.
   cl_kubectl apply --server-side --force-conflicts -f "$f" >/dev/null || fail crds "applying $f failed"
 done
-cl_kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null ||
-  fail crds "CRDs not Established within 60s"
+# `kubectl wait` fails at once ("accessor error") for a CRD that has no status conditions yet,
+# which a loaded machine shows right after install, so retry it until the deadline.
+crd_deadline=$((SECONDS + 60))
+until cl_kubectl wait --for=condition=Established crd --all --timeout=10s >/dev/null 2>&1; do
+  [ $SECONDS -lt $crd_deadline ] || fail crds "CRDs not Established within 60s"
+  sleep 1
+done
 cl_log "  ${#crd_files[@]} CRD file(s) installed and Established"
 
 # ---------------------------------------------------------------------------------------------
