@@ -203,7 +203,10 @@ wait_healthy() {
   deadline=$((SECONDS + timeout))
   pid=$(cat "$(cl_pid_file "$comp")")
   until "health_$comp"; do
-    if ! kill -0 "$pid" 2>/dev/null || ! cl_pid_is_ours "$pid"; then
+    # Liveness only (gone, or a zombie not yet reaped): the pid was spawned seconds ago, and
+    # until the forked shell has exec'd the component its command line is still this script's,
+    # which cl_pid_is_ours would wrongly call foreign on a loaded machine.
+    if ! kill -0 "$pid" 2>/dev/null || grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
       fail "$comp" "process exited during startup"
     fi
     [ $SECONDS -lt "$deadline" ] || fail "$comp" "not healthy after ${timeout}s"
