@@ -248,6 +248,50 @@ proptest! {
     }
 
     #[test]
+    fn a_replacement_interrupted_between_its_writes_still_respects_availability(
+        replicas in 2i32..6,
+        surge in 0i32..3,
+        unavailable in 0i32..2,
+        crash_at in 0usize..6,
+    ) {
+        // A controller killed after writing a group's PodGroup at the new revision but before
+        // deleting its pods; the next controller must finish that replacement within the
+        // same maxUnavailable budget, not on top of another one.
+        let unavailable = if surge == 0 && unavailable == 0 { 1 } else { unavailable };
+        let mut world = World::new(sample(replicas, &[(1, 1)], surge, unavailable, 0));
+        converge(&mut world, |_, _| {});
+        world.ms.spec.template.roles[0].entry_template.spec.containers[0].image = Some("engine:v2".into());
+        let min_ready = (replicas - unavailable).max(0) as usize;
+        let mut crashed = false;
+        for step in 0..200 {
+            let plan = plan_serving_groups(&world.observed());
+            let replaces = plan.deletes.iter().any(|d| matches!(d, Delete::Pod(_)));
+            if !crashed && step >= crash_at && replaces {
+                crashed = true;
+                let mut partial = plan.clone();
+                partial.deletes.clear();
+                partial.create_pods.clear();
+                partial.create_services.clear();
+                world.apply(&partial);
+            } else {
+                world.apply(&plan);
+            }
+            let groups = world.groups();
+            let ready = groups.values().filter(|g| g.1).count();
+            prop_assert!(ready >= min_ready, "ready groups {} < replicas − maxUnavailable {}: {:?}", ready, min_ready, groups);
+            world.step();
+            let idle = plan.create_pods.is_empty() && plan.deletes.is_empty()
+                && plan.apply_pod_groups.is_empty() && plan.record_revision.is_none();
+            if idle && step > crash_at {
+                break;
+            }
+        }
+        let after = world.groups();
+        prop_assert_eq!(after.len() as i32, replicas);
+        prop_assert!(after.values().all(|g| g.1), "not converged: {:?}", after);
+    }
+
+    #[test]
     fn scaling_fills_lowest_ordinals_and_keeps_objects_consistent(
         first in 0i32..7,
         second in 0i32..7,

@@ -298,9 +298,15 @@ pub fn plan_serving_groups_with(observed: &Observed, topology: Option<&Topology>
             status::group_health(&owner, index, &rev, template, objects),
         );
     }
+    // A group whose PodGroup is already at the update revision but whose pods are not (a
+    // replacement interrupted between its two writes, e.g. by a controller restart) is still
+    // outdated: finishing it must come out of the same maxUnavailable budget.
     let outdated: BTreeSet<i32> = health
         .iter()
-        .filter(|(i, h)| **i >= bounds.partition && h.revision != update_rev)
+        .filter(|(i, h)| {
+            **i >= bounds.partition
+                && (h.revision != update_rev || (!role_rolling && h.stale_instances > 0))
+        })
         .map(|(i, _)| *i)
         .collect();
     // A rollout is in progress while outdated groups remain or the last one recorded in status
@@ -471,6 +477,8 @@ pub fn plan_serving_groups_with(observed: &Observed, topology: Option<&Topology>
             grace,
             observed.now,
             role_rolling,
+            // An outdated group the budget holds back keeps its pods, whatever their revision.
+            role_rolling || outdated.contains(&index),
         );
     }
 
@@ -575,6 +583,7 @@ fn maintain_group(
     grace: i64,
     now: i64,
     role_rolling: bool,
+    keep_other_revision_pods: bool,
 ) {
     // PodGroup first: pods without their gang would be scheduled one by one.
     let desired_pg = tiers.pod_group(plan, owner, index, rev, template, Some(objects));
@@ -655,7 +664,7 @@ fn maintain_group(
                     .and_then(|l| l.get(muster_api::labels::REVISION))
                     .map(String::as_str)
                     != Some(rev)
-                    && !role_rolling =>
+                    && !keep_other_revision_pods =>
             {
                 SlotState::FailedExpired
             }
