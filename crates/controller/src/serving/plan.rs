@@ -359,32 +359,11 @@ pub fn plan_serving_groups_with(observed: &Observed, topology: Option<&Topology>
         .collect();
     candidates.sort_by_key(|i| (health[i].ready, -*i));
     let mut replacing: BTreeSet<i32> = BTreeSet::new();
-    if role_rolling {
+    for i in candidates {
         // Role-level rollouts never replace whole groups: an outdated group adopts the update
         // revision (its PodGroup is re-applied) and step 4 then replaces its role instances
         // one by one within each role's partition and maxUnavailable.
-        for i in candidates.drain(..) {
-            replacing.insert(i);
-            let pg = tiers.pod_group(
-                &mut plan,
-                &owner,
-                i,
-                &update_rev,
-                &update_template,
-                Some(&groups[&i]),
-            );
-            plan.apply_pod_groups.push(pg);
-            plan.note(
-                "RollingUpdate",
-                format!(
-                    "group {} moves to revision {update_rev} role by role",
-                    naming::group_name(&owner.name, i)
-                ),
-            );
-        }
-    }
-    for i in candidates {
-        if health[&i].ready {
+        if !role_rolling && health[&i].ready {
             if ready_left - 1 < min_available {
                 break;
             }
@@ -400,6 +379,16 @@ pub fn plan_serving_groups_with(observed: &Observed, topology: Option<&Topology>
             Some(&groups[&i]),
         );
         plan.apply_pod_groups.push(pg);
+        if role_rolling {
+            plan.note(
+                "RollingUpdate",
+                format!(
+                    "group {} moves to revision {update_rev} role by role",
+                    naming::group_name(&owner.name, i)
+                ),
+            );
+            continue;
+        }
         for (name, pod) in &groups[&i].pods {
             if !observe::is_terminating(&pod.metadata) {
                 plan.deletes.push(Delete::Pod(name.clone()));
