@@ -208,6 +208,27 @@ impl ApiError {
         )
     }
 
+    /// 503: a disaggregated request waited its whole queue timeout for a prefill slot on its
+    /// decoder (`maxPrefillPerDecode` legs were in flight the whole time).
+    pub fn prefill_queue_timeout(decoder: &str, limit: u32, waited: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "prefill_queue_timeout",
+            format!("Decode endpoint {decoder} kept {limit} prefills in flight (maxPrefillPerDecode) for {waited:?}; no prefill slot freed up. Retry later."),
+        )
+    }
+
+    /// 502: an engine answered something the router cannot use.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "bad_upstream_response",
+            message.into(),
+        )
+    }
+
     /// 503 while the router drains or has not loaded its configuration yet.
     pub fn not_ready(message: impl Into<String>) -> Self {
         Self::new(

@@ -68,6 +68,16 @@ pub struct Metrics {
     pub stream_errors: IntCounterVec,
     /// Log lines dropped because the log writer fell behind.
     pub log_lines_dropped: IntCounter,
+    /// PD servers: how each request was served (`disaggregated`, `short_suffix`,
+    /// `no_prefill_peer`).
+    pub pd_decisions: IntCounterVec,
+    /// PD servers: prefill legs by outcome (`ok`, `queue_timeout`, `connect_error`, `reset`,
+    /// `status_4xx`, `status_5xx`, `status_429`, `timeout`, `bad_response`).
+    pub pd_prefill_legs: IntCounterVec,
+    /// PD servers: time a request waited for a prefill slot on its decoder.
+    pub pd_prefill_queue_wait: HistogramVec,
+    /// PD servers: prefill leg duration (send to response), NIXL and HTTP connectors.
+    pub pd_prefill_duration: HistogramVec,
     plugin_scores: Vec<Histogram>,
     unknown_model: Arc<ModelMetrics>,
 }
@@ -189,6 +199,28 @@ impl Metrics {
                 registry.register(Box::new(c.clone())).expect("unique");
                 c
             },
+            pd_decisions: counter(
+                "muster_router_pd_decisions_total",
+                "PD servers: requests by how they were served (disaggregated, short_suffix, no_prefill_peer).",
+                &["server", "decision"],
+            ),
+            pd_prefill_legs: counter(
+                "muster_router_pd_prefill_legs_total",
+                "PD servers: prefill legs by outcome.",
+                &["server", "outcome"],
+            ),
+            pd_prefill_queue_wait: histogram(
+                "muster_router_pd_prefill_queue_wait_seconds",
+                "PD servers: wait for a prefill slot on the chosen decoder (maxPrefillPerDecode).",
+                &["server"],
+                exponential_buckets(0.0001, 2.0, 18).expect("buckets"),
+            ),
+            pd_prefill_duration: histogram(
+                "muster_router_pd_prefill_duration_seconds",
+                "PD servers: prefill leg from send to response (NIXL and HTTP connectors).",
+                &["server"],
+                exponential_buckets(0.001, 2.0, 19).expect("buckets"),
+            ),
             registry,
             plugin_scores: Vec::new(),
             unknown_model: Arc::new(ModelMetrics {

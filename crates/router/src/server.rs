@@ -217,6 +217,9 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
 struct ServerEndpoints {
     server: String,
     endpoints: Vec<EndpointReport>,
+    /// PD servers: the prefill-only endpoints.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prefill_endpoints: Vec<EndpointReport>,
 }
 
 #[derive(Serialize)]
@@ -245,7 +248,7 @@ fn admin(state: &AppState, req: &Request<Incoming>) -> Response<RouterBody> {
             for (key, server) in &table.servers {
                 let key = key.to_string();
                 let (mut ready, mut stale, mut ejected) = (0, 0, 0);
-                for e in &server.endpoints {
+                for e in server.endpoints.iter().chain(&server.prefill) {
                     let v = e.view(now, stale_after);
                     ready += 1;
                     stale += i64::from(!v.engine_fresh);
@@ -271,6 +274,11 @@ fn admin(state: &AppState, req: &Request<Incoming>) -> Response<RouterBody> {
                     server: k.to_string(),
                     endpoints: s
                         .endpoints
+                        .iter()
+                        .map(|e| e.report(now, stale_after))
+                        .collect(),
+                    prefill_endpoints: s
+                        .prefill
                         .iter()
                         .map(|e| e.report(now, stale_after))
                         .collect(),

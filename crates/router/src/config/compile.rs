@@ -147,7 +147,8 @@ fn labels_match(labels: &BTreeMap<String, String>, want: &BTreeMap<String, Strin
     want.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// A pod that only prefills cannot answer a whole request (PD pairing is not routed yet).
+/// A pod that only prefills never gets a whole request: it is a prefill peer of the decoders
+/// in its PD group.
 fn prefill_only(pd: &PdGroup, labels: &BTreeMap<String, String>) -> bool {
     labels_match(labels, &pd.prefill_labels) && !labels_match(labels, &pd.decode_labels)
 }
@@ -249,32 +250,43 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
         .map(|p| std::path::PathBuf::from(p.trim()));
 
     let pd = s.spec.workload_selector.pd_group.as_ref();
+    let pd_settings =
+        pd.map(|_| super::pd::settings(&s.spec, &s.annotations, &profile, &mut problems));
     let mut endpoints: Vec<EndpointSpec> = Vec::new();
+    let mut prefill_endpoints: Vec<EndpointSpec> = Vec::new();
     let (mut ready, mut prefill, mut decode) = (0, 0, 0);
     for e in s.endpoints.iter().filter(|e| e.ready) {
         ready += 1;
-        if let Some(pd) = pd {
-            if labels_match(&e.labels, &pd.prefill_labels) {
-                prefill += 1;
+        let spec = EndpointSpec {
+            name: e.name.clone(),
+            address: e.address,
+            kv_events: e.kv_events.clone().or_else(|| {
+                kv_events_port.map(|p| format!("tcp://{}", SocketAddr::new(e.address.ip(), p)))
+            }),
+            pd_group: pd.and_then(|pd| e.labels.get(&pd.group_key).cloned()),
+        };
+        let list = match pd {
+            Some(pd) => {
+                if labels_match(&e.labels, &pd.prefill_labels) {
+                    prefill += 1;
+                }
+                if labels_match(&e.labels, &pd.decode_labels) {
+                    decode += 1;
+                }
+                if prefill_only(pd, &e.labels) {
+                    &mut prefill_endpoints
+                } else {
+                    &mut endpoints
+                }
             }
-            if labels_match(&e.labels, &pd.decode_labels) {
-                decode += 1;
-            }
-            if prefill_only(pd, &e.labels) {
-                continue;
-            }
-        }
-        if serve && !endpoints.iter().any(|x| x.address == e.address) {
-            endpoints.push(EndpointSpec {
-                name: e.name.clone(),
-                address: e.address,
-                kv_events: e.kv_events.clone().or_else(|| {
-                    kv_events_port.map(|p| format!("tcp://{}", SocketAddr::new(e.address.ip(), p)))
-                }),
-            });
+            None => &mut endpoints,
+        };
+        if serve && !list.iter().any(|x| x.address == e.address) {
+            list.push(spec);
         }
     }
     endpoints.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
+    prefill_endpoints.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
 
     let accepted = match problems.first() {
         None => Ok(()),
@@ -305,6 +317,8 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
         policy,
         profile,
         endpoints,
+        prefill_endpoints,
+        pd: pd_settings,
         tokenizer,
     };
     (server, report)

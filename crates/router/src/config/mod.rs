@@ -9,6 +9,7 @@
 mod compile;
 pub mod kubernetes;
 pub mod matching;
+pub mod pd;
 pub mod standalone;
 pub mod status;
 pub mod table;
@@ -169,6 +170,9 @@ pub struct EndpointSpec {
     pub address: SocketAddr,
     /// The engine's KV-event ZMQ PUB address, when it publishes events.
     pub kv_events: Option<String>,
+    /// Its PD group (the value of the server's `pdGroup.groupKey` label); prefill and decode
+    /// endpoints pair only within one group.
+    pub pd_group: Option<String>,
 }
 
 /// A ModelServer ready for the proxy.
@@ -191,8 +195,12 @@ pub struct CompiledServer {
     /// Scheduling plugins and weights.
     #[serde(serialize_with = "serialize_profile")]
     pub profile: Arc<SchedulerProfile>,
-    /// Ready endpoints, sorted by name.
+    /// Ready endpoints that answer whole requests (with `pdGroup`: the decoders), by name.
     pub endpoints: Vec<EndpointSpec>,
+    /// Ready prefill-only endpoints (PD servers), sorted by name.
+    pub prefill_endpoints: Vec<EndpointSpec>,
+    /// Prefill/decode settings, for servers with `pdGroup`.
+    pub pd: Option<pd::PdSettings>,
     /// `tokenizer.json` named by the `router.muster.dev/tokenizer` annotation.
     pub tokenizer: Option<std::path::PathBuf>,
 }

@@ -21,6 +21,8 @@ pub struct ServerRuntime {
     pub compiled: Arc<CompiledServer>,
     /// Live state of each routable endpoint, in `compiled.endpoints` order.
     pub endpoints: Vec<Arc<EndpointState>>,
+    /// Live state of each prefill-only endpoint, in `compiled.prefill_endpoints` order.
+    pub prefill: Vec<Arc<EndpointState>>,
     /// Round-robin position, kept across reloads.
     pub round_robin: Arc<AtomicU64>,
     /// The model's tokenizer for prefix scoring; `None`: byte blocks.
@@ -81,15 +83,18 @@ impl RoutingTable {
             .servers
             .iter()
             .map(|(key, compiled)| {
-                let endpoints: Vec<Arc<EndpointState>> = compiled
-                    .endpoints
-                    .iter()
-                    .map(|e| registry.get_or_create(e, compiled.engine, compiled.upstream))
-                    .collect();
+                let states = |specs: &[super::EndpointSpec]| -> Vec<Arc<EndpointState>> {
+                    specs
+                        .iter()
+                        .map(|e| registry.get_or_create(e, compiled.engine, compiled.upstream))
+                        .collect()
+                };
+                let endpoints = states(&compiled.endpoints);
+                let prefill = states(&compiled.prefill_endpoints);
                 let uses_prefix = compiled.profile.uses_prefix();
                 if uses_prefix {
                     let args = &compiled.profile.prefix_cache;
-                    for e in &endpoints {
+                    for e in endpoints.iter().chain(&prefill) {
                         e.configure_prefix(args.capacity_blocks, args.events_stale_after());
                     }
                 }
@@ -117,6 +122,7 @@ impl RoutingTable {
                 let runtime = ServerRuntime {
                     compiled: compiled.clone(),
                     endpoints,
+                    prefill,
                     round_robin: rr.entry(key.clone()).or_default().clone(),
                     tokenizer,
                 };

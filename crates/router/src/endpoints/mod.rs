@@ -7,6 +7,7 @@
 
 pub mod engine_metrics;
 pub mod outlier;
+pub mod prefill_gate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub struct EndpointState {
     /// Prefix indexes (approximate, and precise when the engine publishes KV events).
     pub prefix: EndpointPrefix,
     events_stale_after_ms: AtomicU64,
+    /// Prefill legs in flight towards this endpoint as a decoder (PD servers).
+    pub prefill_gate: prefill_gate::PrefillGate,
 }
 
 /// What `/debug/endpoints` shows about one endpoint.
@@ -94,6 +97,10 @@ pub struct EndpointReport {
     pub ejected: bool,
     /// Current failure streak.
     pub consecutive_failures: u32,
+    /// As a PD decoder: prefill legs in flight towards it.
+    pub prefill_legs_in_flight: u32,
+    /// As a PD decoder: requests waiting for a prefill slot.
+    pub prefill_legs_waiting: usize,
     /// Prefix indexes.
     #[serde(flatten)]
     pub prefix: PrefixReport,
@@ -126,6 +133,7 @@ impl EndpointState {
                 None,
             ),
             events_stale_after_ms: AtomicU64::new(5000),
+            prefill_gate: prefill_gate::PrefillGate::default(),
         }
     }
 
@@ -214,6 +222,7 @@ impl EndpointState {
         let sample = self.sample.lock().expect("sample lock").clone();
         let outlier = self.outlier.lock().expect("outlier lock").clone();
         let age = sample.as_ref().map(|s| now.saturating_duration_since(s.at));
+        let (prefill_legs_in_flight, prefill_legs_waiting) = self.prefill_gate.load();
         EndpointReport {
             name: self.name.to_string(),
             address: self.address,
@@ -227,6 +236,8 @@ impl EndpointState {
             last_scrape_error: self.last_scrape_error.lock().expect("error lock").clone(),
             ejected: outlier.is_ejected(now),
             consecutive_failures: outlier.consecutive_failures(),
+            prefill_legs_in_flight,
+            prefill_legs_waiting,
             prefix: self.prefix.report(now, self.prefix_stale_after()),
         }
     }

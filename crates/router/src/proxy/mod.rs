@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod client;
+pub mod pd;
 mod record;
 pub mod request;
 pub mod sse;
@@ -18,16 +19,19 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::config::matching::RequestFacts;
+use crate::config::pd::{PdConnector, PdSettings};
 use crate::config::table::{ResolveError, RoundRobinPositions, RoutingTable, ServerRuntime};
 use crate::config::{CompiledConfig, UpstreamProtocol};
 use crate::endpoints::outlier::OutlierPolicy;
 use crate::endpoints::EndpointRegistry;
+use crate::endpoints::EndpointState;
 use crate::errors::ApiError;
 use crate::metrics::Metrics;
 use crate::policy::identity::Identity;
 use crate::policy::metrics::PolicyMetrics;
 use crate::policy::{weighted_tokens, RequestPolicy, TrafficPolicy};
-use crate::scheduler::{schedule, PluginKind, ScheduleRequest};
+use crate::scheduler::pd::{schedule_pd, PdDecision, PdRequest};
+use crate::scheduler::{schedule, Decision, PluginKind, ScheduleRequest};
 use crate::sessions::SessionLog;
 use body::{RelayMode, RouterBody};
 use client::UpstreamClients;
@@ -352,6 +356,47 @@ fn reject_with(
 
 /// Time spent in a fair queue, on responses of servers that queue.
 const X_QUEUE_WAIT: HeaderName = HeaderName::from_static("x-muster-queue-wait-ms");
+/// The endpoint that answered (the decoder, on a PD server).
+const X_ENDPOINT: HeaderName = HeaderName::from_static("x-muster-endpoint");
+/// PD servers: the endpoint that computed the prompt, when the request was disaggregated.
+const X_PREFILL_ENDPOINT: HeaderName = HeaderName::from_static("x-muster-prefill-endpoint");
+
+/// One try's placement.
+struct Routed {
+    /// The endpoint that answers (a decoder on PD servers).
+    decision: Decision,
+    /// Prompt blocks it caches (0 when it only decodes a transferred prompt).
+    cached_blocks: u32,
+    /// PD: the prefill endpoint and the blocks it caches.
+    prefill: Option<(Decision, u32)>,
+    /// PD: how the request is served.
+    pd: Option<&'static str>,
+}
+
+/// Aborts a background prefill leg unless detached (its decode leg answered).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn detach(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// The engine's own 4xx answer to a prefill leg, passed to the client unchanged.
+fn refused(mut record: RequestRecord, status: StatusCode, body: Bytes) -> Response<RouterBody> {
+    record.status = status.as_u16();
+    record.error = Some(String::from_utf8_lossy(&body).into_owned());
+    record.completed = true;
+    json_response(status, body.to_vec())
+}
 
 enum TryOutcome {
     ConnectError,
@@ -514,6 +559,15 @@ async fn proxy(
     };
     let lora_adapter = lora.then(|| inspected.model.clone());
     let output_budget = inspected.max_tokens.unwrap_or(256);
+    // PD servers pair generation requests; both legs are built from the edited body.
+    let pd_settings: Option<&PdSettings> = compiled
+        .pd
+        .as_ref()
+        .filter(|_| matches!(kind, ApiKind::Chat | ApiKind::Completions));
+    let pd_base = pd_settings.map(|_| request::edited_object(&inspected, rewrite_to, inject_usage));
+    let prompt_tokens = prefix_blocks
+        .as_ref()
+        .map_or(prompt_estimate, |b| b.prompt_tokens);
     drop(inspected);
     record.policy = Some(RequestPolicy::new(identity.clone()));
     let mut limit_headers = Vec::new();
@@ -591,6 +645,7 @@ async fn proxy(
     let policy = compiled.policy;
     let stale_after = state.registry.scrape_config().stale_after;
     let mut tried: Vec<usize> = Vec::new();
+    let mut prefill_tried: Vec<usize> = Vec::new();
     let mut last_error = String::new();
 
     for attempt in 0..=policy.attempts {
@@ -598,58 +653,235 @@ async fn proxy(
             tokio::time::sleep(policy.interval).await;
         }
         let sched_start = Instant::now();
-        let decision = {
+        let precise = profile.weight(PluginKind::KvEvents) > 0.0;
+        let routed = {
+            let blocks = prefix_blocks.as_ref();
             let views: Vec<_> = server
                 .endpoints
                 .iter()
-                .map(|e| {
-                    let mut v = e.view(sched_start, stale_after);
-                    if let Some(b) = &prefix_blocks {
-                        v.prefix = state.prefix.lookup(e, b, &profile, sched_start);
-                    }
-                    v
-                })
+                .map(|e| endpoint_view(&state, e, blocks, &profile, sched_start, stale_after))
                 .collect();
-            schedule(
-                &views,
-                &profile,
-                &ScheduleRequest {
-                    session: session.as_deref(),
-                    exclude: &tried,
-                    random_seed: fastrand::u64(..),
-                    round_robin: server.round_robin.fetch_add(1, Ordering::Relaxed),
-                    prefix: prefix_blocks.as_ref().map(|b| b.schedule_input()),
-                    lora: lora_adapter.as_deref(),
-                },
-            )
-            .map(|d| {
-                let cached = views[d.index]
-                    .prefix
-                    .effective(profile.weight(PluginKind::KvEvents) > 0.0);
-                (d, cached)
-            })
+            let request = ScheduleRequest {
+                session: session.as_deref(),
+                exclude: &tried,
+                random_seed: fastrand::u64(..),
+                round_robin: server.round_robin.fetch_add(1, Ordering::Relaxed),
+                prefix: prefix_blocks.as_ref().map(|b| b.schedule_input()),
+                lora: lora_adapter.as_deref(),
+            };
+            match pd_settings {
+                None => schedule(&views, &profile, &request).map(|d| Routed {
+                    cached_blocks: views[d.index].prefix.effective(precise),
+                    decision: d,
+                    prefill: None,
+                    pd: None,
+                }),
+                Some(pd) => {
+                    let prefill_views: Vec<_> = server
+                        .prefill
+                        .iter()
+                        .map(|e| {
+                            endpoint_view(&state, e, blocks, &profile, sched_start, stale_after)
+                        })
+                        .collect();
+                    let groups = |specs: &[crate::config::EndpointSpec]| -> Vec<Option<String>> {
+                        specs.iter().map(|e| e.pd_group.clone()).collect()
+                    };
+                    let (dg, pg) = (
+                        groups(&compiled.endpoints),
+                        groups(&compiled.prefill_endpoints),
+                    );
+                    let dg: Vec<Option<&str>> = dg.iter().map(Option::as_deref).collect();
+                    let pg: Vec<Option<&str>> = pg.iter().map(Option::as_deref).collect();
+                    schedule_pd(
+                        &views,
+                        &dg,
+                        &prefill_views,
+                        &pg,
+                        &profile,
+                        &pd.decode_profile,
+                        &request,
+                        &PdRequest {
+                            prompt_tokens,
+                            min_uncached_tokens: pd.min_uncached_tokens,
+                            precise,
+                            prefill_exclude: &prefill_tried,
+                        },
+                    )
+                    .map(|d| match d {
+                        PdDecision::Alone { decode, reason } => Routed {
+                            cached_blocks: views[decode.index].prefix.effective(precise),
+                            decision: decode,
+                            prefill: None,
+                            pd: Some(reason.as_str()),
+                        },
+                        PdDecision::Pair {
+                            prefill, decode, ..
+                        } => Routed {
+                            cached_blocks: 0,
+                            prefill: Some((
+                                prefill.clone(),
+                                prefill_views[prefill.index].prefix.effective(precise),
+                            )),
+                            decision: decode,
+                            pd: Some("disaggregated"),
+                        },
+                    })
+                }
+            }
         };
         state
             .metrics
             .scheduling_duration
             .observe(sched_start.elapsed().as_secs_f64());
-        let (decision, cached_blocks) = match decision {
-            Ok(d) => d,
+        let routed = match routed {
+            Ok(r) => r,
             Err(e) => return reject(record, ApiError::unavailable(format!("{e}"))),
         };
+        let decision = routed.decision;
+        let cached_blocks = routed.cached_blocks;
         for (plugin, score) in &decision.scores {
             state.metrics.plugin_score(*plugin).observe(*score);
         }
+        if let Some(label) = routed.pd {
+            state
+                .metrics
+                .pd_decisions
+                .with_label_values(&[&server_label, label])
+                .inc();
+        }
+        record.pd = routed.pd;
+        record.prefill_endpoint = None;
         let endpoint = server.endpoints[decision.index].clone();
         // With prefix scoring, in-flight work counts only the prompt the engine must compute
-        // (the expected wait the release valve compares), and the index learns the route.
-        let token_estimate = match &prefix_blocks {
-            Some(b) => {
+        // (the expected wait the release valve compares), and the index learns the route. A
+        // decoder of a pair computes no prompt, but ends up holding its KV.
+        let token_estimate = match (&prefix_blocks, &routed.prefill) {
+            (Some(b), prefill) => {
                 endpoint.prefix.record_routed(&b.hashes, Instant::now());
-                b.uncached_tokens(cached_blocks) + output_budget
+                if prefill.is_some() {
+                    output_budget
+                } else {
+                    b.uncached_tokens(cached_blocks) + output_budget
+                }
             }
-            None => token_estimate,
+            (None, Some(_)) => output_budget,
+            (None, None) => token_estimate,
         };
+
+        // PD: the prefill leg, bounded per decoder; its outcome decides the decode leg's body.
+        let mut try_body = upstream_body.clone();
+        let mut prefill_task: Option<AbortOnDrop> = None;
+        if let (Some(pd), Some((prefill, prefill_cached)), Some(base)) =
+            (pd_settings, &routed.prefill, &pd_base)
+        {
+            let prefill_ep = server.prefill[prefill.index].clone();
+            prefill_tried.push(prefill.index);
+            record.prefill_endpoint = Some(prefill_ep.name.clone());
+            record.attempts = attempt + 1;
+            let waiting = Instant::now();
+            let permit = match endpoint
+                .prefill_gate
+                .acquire(pd.max_prefill_per_decode, pd.queue_timeout)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    state
+                        .metrics
+                        .pd_prefill_legs
+                        .with_label_values(&[&server_label, "queue_timeout"])
+                        .inc();
+                    record.endpoint = Some(endpoint.name.clone());
+                    let retry = vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+                    return reject_with(
+                        record,
+                        ApiError::prefill_queue_timeout(&endpoint.name, e.limit, e.waited),
+                        retry,
+                    );
+                }
+            };
+            state
+                .metrics
+                .pd_prefill_queue_wait
+                .with_label_values(&[&server_label])
+                .observe(waiting.elapsed().as_secs_f64());
+            let prefill_tokens = match &prefix_blocks {
+                Some(b) => {
+                    prefill_ep.prefix.record_routed(&b.hashes, Instant::now());
+                    b.uncached_tokens(*prefill_cached)
+                }
+                None => prompt_estimate,
+            } + 1;
+            let prefill_in_flight = prefill_ep.begin(prefill_tokens);
+            let mut leg = pd::PrefillLeg {
+                client: client.clone(),
+                endpoint: prefill_ep.clone(),
+                path: path_and_query.clone(),
+                headers: upstream_headers.clone(),
+                body: Bytes::new(),
+                timeout: policy.per_try_timeout,
+            };
+            if pd.connector == PdConnector::Bootstrap {
+                let b = pd::Bootstrap::for_prefill(
+                    prefill_ep.address,
+                    pd.bootstrap_port,
+                    fastrand::u64(..),
+                );
+                leg.body = pd::prefill_body(base, pd.connector, Some(&b));
+                let (metrics, label) = (state.metrics.clone(), server_label.clone());
+                let task =
+                    leg.spawn_bootstrap((permit, prefill_in_flight), move |outcome, took| {
+                        metrics
+                            .pd_prefill_legs
+                            .with_label_values(&[&label, outcome])
+                            .inc();
+                        metrics
+                            .pd_prefill_duration
+                            .with_label_values(&[&label])
+                            .observe(took.as_secs_f64());
+                    });
+                prefill_task = Some(AbortOnDrop(Some(task)));
+                try_body = pd::decode_body(base, None, Some(&b));
+            } else {
+                leg.body = pd::prefill_body(base, pd.connector, None);
+                let started = Instant::now();
+                let result = leg.run(pd.connector).await;
+                drop(prefill_in_flight);
+                drop(permit);
+                let outcome = result
+                    .as_ref()
+                    .map_or_else(pd::PrefillFailure::outcome, |_| "ok");
+                state
+                    .metrics
+                    .pd_prefill_legs
+                    .with_label_values(&[&server_label, outcome])
+                    .inc();
+                state
+                    .metrics
+                    .pd_prefill_duration
+                    .with_label_values(&[&server_label])
+                    .observe(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(params) => {
+                        prefill_ep.record_success();
+                        try_body = pd::decode_body(base, params, None);
+                    }
+                    Err(pd::PrefillFailure::Retriable { detail, .. }) => {
+                        note_failure(&state, &prefill_ep, &server_label);
+                        last_error = detail;
+                        continue;
+                    }
+                    Err(pd::PrefillFailure::Refused { status, body }) => {
+                        return refused(record, status, body);
+                    }
+                    Err(pd::PrefillFailure::BadResponse(message)) => {
+                        note_failure(&state, &prefill_ep, &server_label);
+                        return reject(record, ApiError::bad_gateway(message));
+                    }
+                }
+            }
+        }
         tried.push(decision.index);
         record.attempts = attempt + 1;
         record.endpoint = Some(endpoint.name.clone());
@@ -668,10 +900,13 @@ async fn proxy(
                 ApiError::bad_request("The request path cannot be forwarded.", None),
             );
         };
-        let mut upstream_req = Request::new(Full::new(upstream_body.clone()));
+        let mut headers = upstream_headers.clone();
+        if try_body.len() != upstream_body.len() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(try_body.len()));
+        }
+        let mut upstream_req = Request::new(Full::new(try_body));
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
-        let mut headers = upstream_headers.clone();
         if compiled.upstream == UpstreamProtocol::Http1 {
             if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
                 headers.insert(header::HOST, v);
@@ -743,8 +978,22 @@ async fn proxy(
                             endpoint.record_success();
                         }
                         record.hold(in_flight);
+                        if let Some(task) = prefill_task.take() {
+                            task.detach();
+                        }
+                        let endpoint_header = HeaderValue::from_str(&endpoint.name).ok();
+                        let prefill_header = record
+                            .prefill_endpoint
+                            .as_deref()
+                            .and_then(|p| HeaderValue::from_str(p).ok());
                         let mut resp = relay(&state, record, resp, kind, inject_usage);
                         let headers = resp.headers_mut();
+                        if let Some(v) = endpoint_header {
+                            headers.insert(X_ENDPOINT, v);
+                        }
+                        if let Some(v) = prefill_header {
+                            headers.insert(X_PREFILL_ENDPOINT, v);
+                        }
                         for (name, value) in &limit_headers {
                             headers.insert(name.clone(), value.clone());
                         }
@@ -767,6 +1016,22 @@ async fn proxy(
             policy.attempts + 1
         )),
     )
+}
+
+/// What the scheduler sees of one endpoint for this request.
+fn endpoint_view<'a>(
+    state: &AppState,
+    e: &'a EndpointState,
+    blocks: Option<&crate::prefix::tokenize::RequestBlocks>,
+    profile: &crate::scheduler::SchedulerProfile,
+    now: Instant,
+    stale_after: Duration,
+) -> crate::scheduler::EndpointView<'a> {
+    let mut v = e.view(now, stale_after);
+    if let Some(b) = blocks {
+        v.prefix = state.prefix.lookup(e, b, profile, now);
+    }
+    v
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

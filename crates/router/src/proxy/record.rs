@@ -33,8 +33,12 @@ pub struct RequestRecord {
     pub rule: Option<Arc<str>>,
     /// ModelServer `namespace/name`.
     pub server: Option<Arc<str>>,
-    /// Endpoint of the last try.
+    /// Endpoint of the last try (the decoder, on a PD server).
     pub endpoint: Option<Arc<str>>,
+    /// PD servers: the prefill endpoint of the last try, when disaggregated.
+    pub prefill_endpoint: Option<Arc<str>>,
+    /// PD servers: how the request was served (a `pd_decisions` label).
+    pub pd: Option<&'static str>,
     /// Session id used for affinity.
     pub session: Option<String>,
     /// Plugin scores of the last decision.
@@ -84,6 +88,8 @@ impl RequestRecord {
             rule: None,
             server: None,
             endpoint: None,
+            prefill_endpoint: None,
+            pd: None,
             session: None,
             scores: Vec::new(),
             attempts: 0,
@@ -204,6 +210,8 @@ impl Drop for RequestRecord {
                 rule = or_dash(&self.rule),
                 server = or_dash(&self.server),
                 endpoint = or_dash(&self.endpoint),
+                prefill_endpoint = or_dash(&self.prefill_endpoint),
+                pd = self.pd.unwrap_or("-"),
                 session = self.session.as_deref().unwrap_or(""),
                 tenant = tenant.as_deref().unwrap_or(""),
                 scores = %scores,

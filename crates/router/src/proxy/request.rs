@@ -135,8 +135,20 @@ pub fn rewrite(inspected: &Inspected, model: Option<&str>, inject_usage: bool) -
     if rename.is_none() && !inject_usage {
         return None;
     }
+    let object = edited_object(inspected, model, inject_usage);
+    Some(Bytes::from(
+        serde_json::to_vec(&Value::Object(object)).expect("a Value always serialises"),
+    ))
+}
+
+/// The body object with the router's edits applied (see [`rewrite`]).
+pub fn edited_object(
+    inspected: &Inspected,
+    model: Option<&str>,
+    inject_usage: bool,
+) -> Map<String, Value> {
     let mut object = inspected.object.clone();
-    if let Some(m) = rename {
+    if let Some(m) = model.filter(|m| *m != inspected.model) {
         object.insert("model".into(), Value::String(m.to_string()));
     }
     if inject_usage {
@@ -151,9 +163,7 @@ pub fn rewrite(inspected: &Inspected, model: Option<&str>, inject_usage: bool) -
             .expect("made an object above")
             .insert("include_usage".into(), Value::Bool(true));
     }
-    Some(Bytes::from(
-        serde_json::to_vec(&Value::Object(object)).expect("a Value always serialises"),
-    ))
+    object
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! Filters fail open: when a filter would remove every endpoint it removes none, because
 //! sending a request to a busy or recently failing endpoint beats refusing it outright.
 
+pub mod pd;
 mod plugins;
 pub mod profile;
 pub mod rendezvous;
@@ -147,6 +148,43 @@ pub fn schedule(
     profile: &SchedulerProfile,
     request: &ScheduleRequest<'_>,
 ) -> Result<Decision, ScheduleError> {
+    let mut rng = SplitMix64::new(request.random_seed);
+    let scored = score(endpoints, profile, request, &mut rng)?;
+    let pick = pick_max(&scored.totals, &mut rng);
+    Ok(scored.decision(pick))
+}
+
+/// Every candidate's weighted total and per-plugin scores, before picking.
+#[derive(Debug, Clone)]
+pub(crate) struct Scored {
+    /// Snapshot indexes that passed the filters.
+    pub(crate) candidates: Vec<usize>,
+    /// Weighted total per candidate.
+    pub(crate) totals: Vec<f64>,
+    per_plugin: Vec<(PluginKind, Vec<f64>)>,
+    session: Option<SessionDecision>,
+}
+
+impl Scored {
+    /// The decision for candidate position `pick`.
+    pub(crate) fn decision(&self, pick: usize) -> Decision {
+        Decision {
+            index: self.candidates[pick],
+            total: self.totals[pick],
+            scores: self.per_plugin.iter().map(|(k, s)| (*k, s[pick])).collect(),
+            candidates: self.candidates.len(),
+            session: self.session,
+        }
+    }
+}
+
+/// Filters and scores the endpoints (see the module docs).
+pub(crate) fn score(
+    endpoints: &[EndpointView<'_>],
+    profile: &SchedulerProfile,
+    request: &ScheduleRequest<'_>,
+    rng: &mut SplitMix64,
+) -> Result<Scored, ScheduleError> {
     if endpoints.is_empty() {
         return Err(ScheduleError::NoEndpoints);
     }
@@ -160,7 +198,6 @@ pub fn schedule(
         }
     }
 
-    let mut rng = SplitMix64::new(request.random_seed);
     let mut totals = vec![0.0f64; candidates.len()];
     let mut per_plugin: Vec<(PluginKind, Vec<f64>)> = Vec::with_capacity(profile.plugins.len());
     let mut session = None;
@@ -169,7 +206,7 @@ pub fn schedule(
             continue;
         }
         let scores = match p.name {
-            PluginKind::Random => plugins::random(candidates.len(), &mut rng),
+            PluginKind::Random => plugins::random(candidates.len(), rng),
             PluginKind::RoundRobin => {
                 plugins::round_robin(endpoints, &candidates, request.round_robin)
             }
@@ -215,13 +252,10 @@ pub fn schedule(
         }
         per_plugin.push((p.name, scores));
     }
-
-    let pick = pick_max(&totals, &mut rng);
-    Ok(Decision {
-        index: candidates[pick],
-        total: totals[pick],
-        scores: per_plugin.iter().map(|(k, s)| (*k, s[pick])).collect(),
-        candidates: candidates.len(),
+    Ok(Scored {
+        candidates,
+        totals,
+        per_plugin,
         session,
     })
 }

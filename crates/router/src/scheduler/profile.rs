@@ -347,6 +347,13 @@ impl SchedulerProfile {
         self.weight(PluginKind::PrefixCache) > 0.0 || self.weight(PluginKind::KvEvents) > 0.0
     }
 
+    /// The same profile with `kinds` disabled.
+    pub fn without(&self, kinds: &[PluginKind]) -> SchedulerProfile {
+        let mut p = self.clone();
+        p.plugins.retain(|w| !kinds.contains(&w.name));
+        p
+    }
+
     /// Weight of `kind`, 0 when disabled.
     pub fn weight(&self, kind: PluginKind) -> f64 {
         self.plugins

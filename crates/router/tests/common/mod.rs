@@ -338,6 +338,7 @@ pub async fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
 #[derive(Debug)]
 pub struct Streamed {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub chunks: Vec<Bytes>,
     pub error: Option<String>,
 }
@@ -385,6 +386,7 @@ pub async fn post_streamed(
     let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = sender.send_request(req).await.expect("response head");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let mut body = resp.into_body();
     let mut chunks = Vec::new();
     let mut error = None;
@@ -407,6 +409,7 @@ pub async fn post_streamed(
     }
     Streamed {
         status,
+        headers,
         chunks,
         error,
     }

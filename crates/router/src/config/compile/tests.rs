@@ -105,6 +105,7 @@ fn a_newer_duplicate_still_serves_what_the_older_rules_do_not_match() {
                     Arc::new(crate::config::table::ServerRuntime {
                         compiled: s.clone(),
                         endpoints: vec![],
+                        prefill: vec![],
                         round_robin: Default::default(),
                         tokenizer: None,
                     }),
@@ -313,5 +314,17 @@ fn only_ready_endpoints_are_routable_and_pd_roles_are_counted() {
         names,
         ["d0"],
         "prefill-only and unready pods get no whole requests"
+    );
+    let server = &c.servers[&ObjectKey::new("ns", "pd")];
+    let prefill: Vec<&str> = server
+        .prefill_endpoints
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(prefill, ["p0"], "the Ready prefill pod is a prefill peer");
+    assert!(server.pd.is_some());
+    assert_eq!(
+        server.endpoints[0].pd_group, None,
+        "pods without the groupKey label belong to no group (and never pair)"
     );
 }

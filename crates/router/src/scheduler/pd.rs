@@ -1,0 +1,475 @@
+//! Prefill/decode pairing: a pure function from both sides' snapshots to a pair, or to the
+//! decision to serve on a decoder alone.
+//!
+//! 1. **Conditional disaggregation.** The decoder the full profile picks (its own prefix
+//!    cache counts) is checked first: when fewer than `min_uncached_tokens` of the prompt are
+//!    missing from its cache, it computes them itself — a hand-off would cost a second request
+//!    and a transfer for a few milliseconds of prefill.
+//! 2. **Joint scoring within PD groups.** Otherwise every prefill endpoint is scored with the
+//!    full profile (its cache decides how much prefill is left, its load how soon it starts),
+//!    every decoder with the profile minus the prefix scorers (only its load matters: the
+//!    prompt arrives as KV), and a pair scores the sum. Pairs exist only inside one PD group
+//!    (the same ServingGroup), so KV never crosses a group's network boundary. The sum is
+//!    separable, so the best pair of a group is its best prefill plus its best decoder.
+//! 3. No group has both roles: the decoder from step 1 serves alone.
+
+use std::collections::BTreeMap;
+
+use super::{
+    pick_max, score, Decision, EndpointView, ScheduleError, ScheduleRequest, SchedulerProfile,
+    SplitMix64,
+};
+
+/// Per-request PD inputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PdRequest<'a> {
+    /// Prompt tokens (estimated when the prompt was not tokenized).
+    pub prompt_tokens: u64,
+    /// Serve on the decoder alone below this many uncached tokens; 0 always pairs.
+    pub min_uncached_tokens: u64,
+    /// Scorers use the engines' KV events (`kv-events`) for cached blocks.
+    pub precise: bool,
+    /// Prefill endpoints (indexes into the prefill snapshot) already tried.
+    pub prefill_exclude: &'a [usize],
+}
+
+/// Why a request is served by a decoder alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AloneReason {
+    /// The decoder already caches all but a short suffix of the prompt.
+    ShortSuffix,
+    /// No PD group has both a prefill and a decode endpoint.
+    NoPeer,
+}
+
+impl AloneReason {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AloneReason::ShortSuffix => "short_suffix",
+            AloneReason::NoPeer => "no_prefill_peer",
+        }
+    }
+}
+
+/// The PD scheduler's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PdDecision {
+    /// The whole request goes to one decoder.
+    Alone {
+        /// The decoder (index into the decode snapshot).
+        decode: Decision,
+        /// Why.
+        reason: AloneReason,
+    },
+    /// Prefill on one endpoint, decode on another of the same group.
+    Pair {
+        /// Prefill endpoint (index into the prefill snapshot), scored with the full profile.
+        prefill: Decision,
+        /// Decoder (index into the decode snapshot), scored without prefix scorers.
+        decode: Decision,
+        /// The PD group both belong to.
+        group: String,
+    },
+}
+
+/// Best-so-far with uniform random tie-breaking (reservoir sampling).
+#[derive(Debug, Clone, Copy)]
+struct Best {
+    score: f64,
+    pos: usize,
+    ties: u64,
+}
+
+fn offer(slot: &mut Option<Best>, score: f64, pos: usize, rng: &mut SplitMix64) {
+    match slot {
+        None => {
+            *slot = Some(Best {
+                score,
+                pos,
+                ties: 1,
+            })
+        }
+        Some(b) if score > b.score + 1e-9 => {
+            *b = Best {
+                score,
+                pos,
+                ties: 1,
+            }
+        }
+        Some(b) if score >= b.score - 1e-9 => {
+            b.ties += 1;
+            if rng.next_u64().is_multiple_of(b.ties) {
+                b.pos = pos;
+            }
+        }
+        Some(_) => {}
+    }
+}
+
+/// Chooses a pair, or a decoder alone (see the module docs). `*_groups[i]` is the PD group of
+/// endpoint `i` of that side; endpoints without one never pair.
+#[allow(clippy::too_many_arguments)]
+pub fn schedule_pd(
+    decode: &[EndpointView<'_>],
+    decode_groups: &[Option<&str>],
+    prefill: &[EndpointView<'_>],
+    prefill_groups: &[Option<&str>],
+    profile: &SchedulerProfile,
+    decode_profile: &SchedulerProfile,
+    request: &ScheduleRequest<'_>,
+    pd: &PdRequest<'_>,
+) -> Result<PdDecision, ScheduleError> {
+    debug_assert_eq!(decode.len(), decode_groups.len());
+    debug_assert_eq!(prefill.len(), prefill_groups.len());
+    let mut rng = SplitMix64::new(request.random_seed);
+    let alone = score(decode, profile, request, &mut rng)?;
+    let alone = alone.decision(pick_max(&alone.totals, &mut rng));
+    let cached_tokens = request.prefix.map_or(0, |p| {
+        u64::from(decode[alone.index].prefix.effective(pd.precise)) * p.block_tokens
+    });
+    let uncached = pd.prompt_tokens.saturating_sub(cached_tokens);
+    if uncached < pd.min_uncached_tokens {
+        return Ok(PdDecision::Alone {
+            decode: alone,
+            reason: AloneReason::ShortSuffix,
+        });
+    }
+    let no_peer = |alone| {
+        Ok(PdDecision::Alone {
+            decode: alone,
+            reason: AloneReason::NoPeer,
+        })
+    };
+    if prefill.is_empty() {
+        return no_peer(alone);
+    }
+
+    let prefill_request = ScheduleRequest {
+        exclude: pd.prefill_exclude,
+        ..*request
+    };
+    let p = score(prefill, profile, &prefill_request, &mut rng)?;
+    let d = score(decode, decode_profile, request, &mut rng)?;
+    // Per group: best prefill and best decoder. A BTreeMap keeps the order (and so the
+    // random draws) independent of hashing.
+    let mut groups: BTreeMap<&str, (Option<Best>, Option<Best>)> = BTreeMap::new();
+    for (pos, &i) in p.candidates.iter().enumerate() {
+        if let Some(g) = prefill_groups[i] {
+            offer(
+                &mut groups.entry(g).or_default().0,
+                p.totals[pos],
+                pos,
+                &mut rng,
+            );
+        }
+    }
+    for (pos, &i) in d.candidates.iter().enumerate() {
+        if let Some(g) = decode_groups[i] {
+            if let Some(entry) = groups.get_mut(g) {
+                offer(&mut entry.1, d.totals[pos], pos, &mut rng);
+            }
+        }
+    }
+    let mut best: Option<Best> = None;
+    let complete: Vec<(&str, Best, Best)> = groups
+        .into_iter()
+        .filter_map(|(g, (bp, bd))| Some((g, bp?, bd?)))
+        .collect();
+    for (k, (_, bp, bd)) in complete.iter().enumerate() {
+        offer(&mut best, bp.score + bd.score, k, &mut rng);
+    }
+    let Some(best) = best else {
+        return no_peer(alone);
+    };
+    let (group, bp, bd) = complete[best.pos];
+    Ok(PdDecision::Pair {
+        prefill: p.decision(bp.pos),
+        decode: d.decision(bd.pos),
+        group: group.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{EngineLoad, PluginKind, PluginWeight, PrefixMatch, PrefixRequest};
+
+    fn view(name: &str, in_flight: u32, cached: u32) -> EndpointView<'_> {
+        EndpointView {
+            name,
+            in_flight_requests: in_flight,
+            in_flight_tokens: u64::from(in_flight) * 1000,
+            engine: Some(EngineLoad::default()),
+            engine_fresh: true,
+            ejected: false,
+            prefix: PrefixMatch {
+                approx_blocks: cached,
+                precise_blocks: None,
+                recent_blocks: 0,
+            },
+            lora: None,
+        }
+    }
+
+    fn profile() -> SchedulerProfile {
+        SchedulerProfile {
+            plugins: vec![
+                PluginWeight {
+                    name: PluginKind::PrefixCache,
+                    weight: 2.0,
+                },
+                PluginWeight {
+                    name: PluginKind::LeastRequest,
+                    weight: 1.0,
+                },
+            ],
+            ..SchedulerProfile::default()
+        }
+    }
+
+    fn request(seed: u64, blocks: u32) -> ScheduleRequest<'static> {
+        ScheduleRequest {
+            random_seed: seed,
+            prefix: Some(PrefixRequest {
+                total_blocks: blocks,
+                block_tokens: 16,
+                prompt_tokens: u64::from(blocks) * 16,
+            }),
+            ..ScheduleRequest::default()
+        }
+    }
+
+    fn pd(min: u64, blocks: u32) -> PdRequest<'static> {
+        PdRequest {
+            prompt_tokens: u64::from(blocks) * 16,
+            min_uncached_tokens: min,
+            precise: false,
+            prefill_exclude: &[],
+        }
+    }
+
+    #[test]
+    fn pairs_never_cross_groups_on_random_snapshots() {
+        let prof = profile();
+        let dprof = prof.without(&[PluginKind::PrefixCache, PluginKind::KvEvents]);
+        let names: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
+        let group_names = ["a", "b", "c"];
+        for seed in 0..2000u64 {
+            let mut r = SplitMix64::new(seed);
+            let np = 1 + (r.next_u64() % 5) as usize;
+            let nd = 1 + (r.next_u64() % 5) as usize;
+            let side = |n: usize, off: usize, r: &mut SplitMix64| {
+                let views: Vec<EndpointView<'_>> = (0..n)
+                    .map(|i| {
+                        view(
+                            &names[off + i],
+                            (r.next_u64() % 8) as u32,
+                            (r.next_u64() % 40) as u32,
+                        )
+                    })
+                    .collect();
+                let groups: Vec<Option<&str>> = (0..n)
+                    .map(|_| match r.next_u64() % 4 {
+                        3 => None,
+                        g => Some(group_names[g as usize]),
+                    })
+                    .collect();
+                (views, groups)
+            };
+            let (pv, pg) = side(np, 0, &mut r);
+            let (dv, dg) = side(nd, 6, &mut r);
+            let d = schedule_pd(
+                &dv,
+                &dg,
+                &pv,
+                &pg,
+                &prof,
+                &dprof,
+                &request(seed, 40),
+                &pd(0, 40),
+            )
+            .unwrap();
+            let shared = pg.iter().flatten().any(|g| dg.contains(&Some(g)));
+            match d {
+                PdDecision::Pair {
+                    prefill,
+                    decode,
+                    group,
+                } => {
+                    assert_eq!(pg[prefill.index], Some(group.as_str()), "seed {seed}");
+                    assert_eq!(dg[decode.index], Some(group.as_str()), "seed {seed}");
+                }
+                PdDecision::Alone { reason, .. } => {
+                    assert_eq!(reason, AloneReason::NoPeer, "seed {seed}");
+                    assert!(
+                        !shared,
+                        "seed {seed}: a group had both roles but no pair was made"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pair_follows_the_prefill_cache_and_the_decoders_load() {
+        let prof = profile();
+        let dprof = prof.without(&[PluginKind::PrefixCache]);
+        // Group a's prefill holds the prompt; group b's decoder is idle but its prefill is cold.
+        let prefill = [view("pa", 1, 40), view("pb", 1, 0)];
+        let decode = [view("da", 2, 0), view("db", 0, 0)];
+        let pg = [Some("a"), Some("b")];
+        let dg = [Some("a"), Some("b")];
+        let d = schedule_pd(
+            &decode,
+            &dg,
+            &prefill,
+            &pg,
+            &prof,
+            &dprof,
+            &request(1, 40),
+            &pd(0, 40),
+        )
+        .unwrap();
+        let PdDecision::Pair {
+            prefill: p, group, ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (p.index, group.as_str()),
+            (0, "a"),
+            "cache on the prefill side wins"
+        );
+
+        // With the prefill caches equal, the idle decoder's group wins.
+        let prefill = [view("pa", 1, 0), view("pb", 1, 0)];
+        let d = schedule_pd(
+            &decode,
+            &dg,
+            &prefill,
+            &pg,
+            &prof,
+            &dprof,
+            &request(1, 40),
+            &pd(0, 40),
+        )
+        .unwrap();
+        let PdDecision::Pair {
+            decode: dd, group, ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!((dd.index, group.as_str()), (1, "b"));
+    }
+
+    #[test]
+    fn a_decoder_that_caches_all_but_a_short_suffix_serves_alone() {
+        let prof = profile();
+        let dprof = prof.without(&[PluginKind::PrefixCache]);
+        let prefill = [view("p", 0, 0)];
+        let pg = [Some("a")];
+        let dg = [Some("a")];
+        // 40 blocks of 16 tokens; the decoder caches 38: 32 tokens left.
+        let decode = [view("d", 0, 38)];
+        let alone = schedule_pd(
+            &decode,
+            &dg,
+            &prefill,
+            &pg,
+            &prof,
+            &dprof,
+            &request(3, 40),
+            &pd(64, 40),
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                alone,
+                PdDecision::Alone {
+                    reason: AloneReason::ShortSuffix,
+                    ..
+                }
+            ),
+            "{alone:?}"
+        );
+        let paired = schedule_pd(
+            &decode,
+            &dg,
+            &prefill,
+            &pg,
+            &prof,
+            &dprof,
+            &request(3, 40),
+            &pd(16, 40),
+        )
+        .unwrap();
+        assert!(
+            matches!(paired, PdDecision::Pair { .. }),
+            "32 ≥ 16 uncached: {paired:?}"
+        );
+        // Without prefill peers it still serves.
+        let alone = schedule_pd(
+            &decode,
+            &dg,
+            &[],
+            &[],
+            &prof,
+            &dprof,
+            &request(3, 40),
+            &pd(16, 40),
+        )
+        .unwrap();
+        assert!(matches!(
+            alone,
+            PdDecision::Alone {
+                reason: AloneReason::NoPeer,
+                ..
+            }
+        ));
+        assert_eq!(
+            schedule_pd(
+                &[],
+                &[],
+                &prefill,
+                &pg,
+                &prof,
+                &dprof,
+                &request(3, 40),
+                &pd(16, 40)
+            ),
+            Err(ScheduleError::NoEndpoints),
+            "no decoder: nothing can answer"
+        );
+    }
+
+    #[test]
+    fn equal_pairs_share_traffic() {
+        let prof = profile();
+        let dprof = prof.without(&[PluginKind::PrefixCache]);
+        let prefill = [view("pa", 0, 0), view("pb", 0, 0)];
+        let decode = [view("da", 0, 0), view("db", 0, 0)];
+        let g = [Some("a"), Some("b")];
+        let mut counts = BTreeMap::new();
+        for seed in 0..400 {
+            if let PdDecision::Pair { group, .. } = schedule_pd(
+                &decode,
+                &g,
+                &prefill,
+                &g,
+                &prof,
+                &dprof,
+                &request(seed, 10),
+                &pd(0, 10),
+            )
+            .unwrap()
+            {
+                *counts.entry(group).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(counts.values().all(|&n| n > 120), "{counts:?}");
+    }
+}
