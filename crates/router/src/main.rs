@@ -197,6 +197,10 @@ struct Cli {
     /// without one are hashed as byte blocks.
     #[arg(long = "tokenizer", value_name = "[MODEL=]PATH")]
     tokenizers: Vec<String>,
+    /// Token ids each tokenizer keeps per prompt segment (chat message), least recently used
+    /// evicted first, so a repeated system prompt is not tokenized again; 0 disables.
+    #[arg(long, default_value_t = muster_router::prefix::tokenize::DEFAULT_CACHE_TOKENS)]
+    tokenize_cache_tokens: usize,
 }
 
 fn init_logging(format: LogFormat) {
@@ -404,7 +408,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             access_log: !cli.no_access_log,
             tokenizers: Arc::new(
                 muster_router::prefix::tokenize::Tokenizers::from_flags(&cli.tokenizers)
-                    .map_err(anyhow::Error::msg)?,
+                    .map_err(anyhow::Error::msg)?
+                    .with_cache_tokens(cli.tokenize_cache_tokens),
             ),
         },
         metrics.clone(),

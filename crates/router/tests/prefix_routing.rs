@@ -113,7 +113,10 @@ fn text(seed: u64, words: usize) -> String {
 }
 
 fn router_blocks(body: &Value, kind: ApiKind, model: &str) -> RequestBlocks {
-    let tok = PromptTokenizer::load(&tokenizer_path()).expect("tokenizer");
+    // With the segment cache the router runs with, so the engine's events check its ids.
+    let tok = PromptTokenizer::load(&tokenizer_path())
+        .expect("tokenizer")
+        .with_segment_cache(muster_router::prefix::tokenize::DEFAULT_CACHE_TOKENS);
     let prompt = prompt_of(kind, body.as_object().unwrap()).expect("prompt");
     let ctx = HashContext {
         model,

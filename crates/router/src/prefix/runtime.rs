@@ -22,10 +22,15 @@ pub struct PrefixRuntime {
     tokenize: [IntCounter; 2],
     lookups: [IntCounter; 3],
     no_prompt: IntCounter,
+    /// Segment-cache lookups and their tokens, `[hit, miss]`.
+    cache_segments: [IntCounter; 2],
+    cache_tokens: [IntCounter; 2],
 }
 
 impl PrefixRuntime {
-    /// Registers `muster_router_tokenize_total{mode}` and
+    /// Registers `muster_router_tokenize_total{mode}`,
+    /// `muster_router_tokenize_cache_segments_total{result}`,
+    /// `muster_router_tokenize_cache_tokens_total{result}` and
     /// `muster_router_prefix_lookups_total{index}` in `registry`.
     pub fn new(tokenizers: Arc<Tokenizers>, registry: &Registry) -> Self {
         let tokenize = IntCounterVec::new(
@@ -48,10 +53,30 @@ impl PrefixRuntime {
             &["index"],
         )
         .expect("valid counter");
+        let cache_segments = IntCounterVec::new(
+            Opts::new(
+                "muster_router_tokenize_cache_segments_total",
+                "Prompt segments (one per chat message, cut at special tokens) looked up in the \
+                 tokenizer's segment cache, by result: hit (ids reused) or miss (tokenized).",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
+        let cache_tokens = IntCounterVec::new(
+            Opts::new(
+                "muster_router_tokenize_cache_tokens_total",
+                "Prompt tokens by segment-cache result: hit (reused without tokenizing) or \
+                 miss (tokenized).",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
         // Registration fails only if a second runtime shares the registry; then the counters
         // still count, just unexported.
         let _ = registry.register(Box::new(tokenize.clone()));
         let _ = registry.register(Box::new(lookups.clone()));
+        let _ = registry.register(Box::new(cache_segments.clone()));
+        let _ = registry.register(Box::new(cache_tokens.clone()));
         PrefixRuntime {
             tokenizers,
             tokenize: [
@@ -63,6 +88,14 @@ impl PrefixRuntime {
                 lookups.with_label_values(&["approximate"]),
                 lookups.with_label_values(&["precise"]),
                 lookups.with_label_values(&["fallback"]),
+            ],
+            cache_segments: [
+                cache_segments.with_label_values(&["hit"]),
+                cache_segments.with_label_values(&["miss"]),
+            ],
+            cache_tokens: [
+                cache_tokens.with_label_values(&["hit"]),
+                cache_tokens.with_label_values(&["miss"]),
             ],
         }
     }
@@ -103,6 +136,11 @@ impl PrefixRuntime {
             TokenizeMode::Bytes => 1,
         }]
         .inc();
+        let c = &blocks.cache;
+        self.cache_segments[0].inc_by(c.hit_segments);
+        self.cache_segments[1].inc_by(c.miss_segments);
+        self.cache_tokens[0].inc_by(c.hit_tokens);
+        self.cache_tokens[1].inc_by(c.miss_tokens);
         Some(blocks)
     }
 

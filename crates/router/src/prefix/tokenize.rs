@@ -6,6 +6,13 @@
 //! to *byte blocks*: the UTF-8 bytes of the rendered prompt, `4 × blockSize` bytes per block.
 //! Those still let the approximate index recognise shared prefixes, but never match engine
 //! events; `muster_router_tokenize_total{mode="bytes"}` counts such requests.
+//!
+//! Text is tokenized through the tokenizer's segment cache
+//! ([`PromptTokenizer::encode_cached`]): a chat prompt is cut at its special tokens, one
+//! segment per message, and the ids of segments seen before (a shared system prompt) come
+//! from an LRU bounded by `--tokenize-cache-tokens`, so only the new part of a prompt is
+//! tokenized. The ids are the same as tokenizing the whole prompt (the prefix crate's tests
+//! prove it against the engine's tokenizer); `muster_router_tokenize_cache_*` count the hits.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use muster_prefix::block_hash::{block_hash, root_hash, HashContext};
 use muster_prefix::chat::{parse_messages, render_chat};
-use muster_prefix::tokenizer::PromptTokenizer;
+use muster_prefix::tokenizer::{CacheUse, PromptTokenizer};
 use serde_json::{Map, Value};
 
 use crate::proxy::request::ApiKind;
@@ -55,6 +62,8 @@ pub struct RequestBlocks {
     pub block_tokens: u64,
     /// How they were computed.
     pub mode: TokenizeMode,
+    /// Segment-cache use while tokenizing (all zero when nothing was tokenized).
+    pub cache: CacheUse,
 }
 
 /// The prompt of a request, as the engine will see it.
@@ -123,11 +132,15 @@ pub fn request_blocks(
     max_blocks: usize,
 ) -> RequestBlocks {
     let block_size = block_size.max(1);
-    let tokens = match prompt {
-        Prompt::Tokens(t) => Some(std::borrow::Cow::Borrowed(t.as_slice())),
-        Prompt::Text(text) => tokenizer
-            .and_then(|t| t.encode(text).ok())
-            .map(std::borrow::Cow::Owned),
+    let (tokens, cache) = match prompt {
+        Prompt::Tokens(t) => (
+            Some(std::borrow::Cow::Borrowed(t.as_slice())),
+            CacheUse::default(),
+        ),
+        Prompt::Text(text) => match tokenizer.map(|t| t.encode_cached(text)) {
+            Some(Ok(e)) => (Some(std::borrow::Cow::Owned(e.ids)), e.cache),
+            _ => (None, CacheUse::default()),
+        },
     };
     match tokens {
         Some(tokens) => RequestBlocks {
@@ -135,6 +148,7 @@ pub fn request_blocks(
             prompt_tokens: tokens.len() as u64,
             block_tokens: block_size as u64,
             mode: TokenizeMode::Tokenizer,
+            cache,
         },
         None => {
             let Prompt::Text(text) = prompt else {
@@ -146,20 +160,37 @@ pub fn request_blocks(
                 prompt_tokens: (bytes.len() / BYTES_PER_TOKEN) as u64,
                 block_tokens: block_size as u64,
                 mode: TokenizeMode::Bytes,
+                cache,
             }
         }
     }
 }
 
+/// Default `--tokenize-cache-tokens`: 4 Mi token ids (16 MiB), e.g. a hundred distinct 32k
+/// system prompts plus the questions in flight.
+pub const DEFAULT_CACHE_TOKENS: usize = 4 << 20;
+
 /// Where each model's `tokenizer.json` is, and the loaded tokenizers (each file loaded once,
-/// shared by every server and configuration generation that names it).
-#[derive(Default)]
+/// shared by every server and configuration generation that names it, with its segment cache).
 pub struct Tokenizers {
     /// `--tokenizer MODEL=PATH`: by model name (served or public).
     by_model: HashMap<String, PathBuf>,
     /// `--tokenizer PATH`: for every model without its own.
     default: Option<PathBuf>,
+    /// Segment-cache capacity of each loaded tokenizer, in tokens.
+    cache_tokens: usize,
     loaded: Mutex<HashMap<PathBuf, Option<Arc<PromptTokenizer>>>>,
+}
+
+impl Default for Tokenizers {
+    fn default() -> Self {
+        Tokenizers {
+            by_model: HashMap::new(),
+            default: None,
+            cache_tokens: DEFAULT_CACHE_TOKENS,
+            loaded: Mutex::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Tokenizers {
@@ -167,6 +198,7 @@ impl std::fmt::Debug for Tokenizers {
         f.debug_struct("Tokenizers")
             .field("by_model", &self.by_model)
             .field("default", &self.default)
+            .field("cache_tokens", &self.cache_tokens)
             .finish()
     }
 }
@@ -191,6 +223,13 @@ impl Tokenizers {
         Ok(t)
     }
 
+    /// Sets each tokenizer's segment-cache capacity (`--tokenize-cache-tokens`; 0: no cache,
+    /// every prompt is tokenized whole). Applies to tokenizers loaded afterwards.
+    pub fn with_cache_tokens(mut self, tokens: usize) -> Self {
+        self.cache_tokens = tokens;
+        self
+    }
+
     /// The tokenizer for a server: its annotation's path, else the flag for one of `models`
     /// (served name first, then public names), else the default. `None` when none is
     /// configured or the file cannot be loaded (logged once per path).
@@ -208,7 +247,18 @@ impl Tokenizers {
             .entry(path.clone())
             .or_insert_with(|| match PromptTokenizer::load(&path) {
                 Ok(t) => {
-                    tracing::info!(path = %path.display(), vocab = t.vocab_size(), "tokenizer loaded");
+                    let t = t.with_segment_cache(self.cache_tokens);
+                    match t.segmenting() {
+                        Ok(()) => tracing::info!(
+                            path = %path.display(), vocab = t.vocab_size(),
+                            cache_tokens = self.cache_tokens, "tokenizer loaded"
+                        ),
+                        Err(why) => tracing::info!(
+                            path = %path.display(), vocab = t.vocab_size(),
+                            cache_tokens = self.cache_tokens,
+                            "tokenizer loaded; prompts are cached whole, not per message: {why}"
+                        ),
+                    }
                     Some(Arc::new(t))
                 }
                 Err(e) => {
@@ -283,6 +333,53 @@ mod tests {
         assert_eq!(capped.hashes.len(), 2);
         assert_eq!(capped.prompt_tokens, 100);
         assert_eq!(capped.mode, TokenizeMode::Tokenizer);
+    }
+
+    #[test]
+    fn cached_tokenization_gives_the_engines_blocks_and_reuses_the_system_prompt() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine-sim/assets/tokenizer.json");
+        let engine = PromptTokenizer::load(&path).unwrap();
+        let router = Tokenizers::from_flags(&[path.display().to_string()])
+            .unwrap()
+            .resolve(None, &["m"])
+            .expect("tokenizer loads");
+        let ctx = HashContext {
+            model: "m",
+            ..Default::default()
+        };
+        let system = "You answer questions about the attached manual. ".repeat(100);
+        let body = |question: &str| {
+            obj(json!({"messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ]}))
+        };
+        let mut cache = Vec::new();
+        for question in ["  how do I start?  ", "and stop? ünïcödé 🦀"] {
+            let prompt = prompt_of(ApiKind::Chat, &body(question)).unwrap();
+            let Prompt::Text(text) = &prompt else {
+                unreachable!()
+            };
+            let want = request_blocks(
+                None,
+                &Prompt::Tokens(engine.encode(text).unwrap()),
+                &ctx,
+                16,
+                1000,
+            );
+            let got = request_blocks(Some(&router), &prompt, &ctx, 16, 1000);
+            assert_eq!(got.hashes, want.hashes, "{question:?}");
+            assert_eq!(got.prompt_tokens, want.prompt_tokens);
+            cache.push(got.cache);
+        }
+        // The first request finds only its second "\n" between messages in the cache.
+        assert!(cache[0].hit_tokens < 5, "{:?}", cache[0]);
+        assert!(
+            cache[1].hit_tokens > cache[1].miss_tokens * 10,
+            "the second request reuses the system prompt: {:?}",
+            cache[1]
+        );
     }
 
     #[test]
