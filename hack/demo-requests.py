@@ -23,8 +23,8 @@ import threading
 import time
 
 PD_NOTE = (
-    "Prefill/decode pairing is not implemented in the router yet: it sends each whole request "
-    "to a pod that can decode (the prefill pods receive no traffic)."
+    "each request is disaggregated: its prefill leg goes to the prefill pod of one ServingGroup "
+    "and its decode leg to the decode pod of the same group (pairs never cross groups)."
 )
 
 
@@ -137,7 +137,7 @@ def main():
     p.add_argument("--router", required=True)
     p.add_argument("--admin", required=True)
     p.add_argument("--router-log", required=True)
-    p.add_argument("--pods", required=True, help="lines: name ip role node")
+    p.add_argument("--pods", required=True, help="lines: name ip role node group")
     p.add_argument("--namespace", required=True)
     p.add_argument("--requests", type=int, default=6)
     p.add_argument("--check", action="store_true")
@@ -148,8 +148,8 @@ def main():
     pods = {}
     with open(a.pods) as f:
         for line in f:
-            name, ip, role, node = line.split()
-            pods[name] = {"ip": ip, "role": role, "node": node}
+            name, ip, role, node, group = line.split()
+            pods[name] = {"ip": ip, "role": role, "node": node, "group": group}
     server = f"{a.namespace}/llama-2p2d"
     failures = []
 
@@ -166,7 +166,7 @@ def main():
                                for k in ("running", "waiting", "kv_cache_usage"))
             print(f"  {name:32} {pod['role']:8} {e['address']:22} endpoint; engine {sample}")
         else:
-            print(f"  {name:32} {pod['role']:8} {pod['ip'] + ':…':22} not an endpoint: prefill-only pod")
+            print(f"  {name:32} {pod['role']:8} {pod['ip'] + ':…':22} prefill peer of group {pod['group']}")
     check(sorted(endpoints) == sorted(n for n, p in pods.items() if p["role"] == "decode"),
           f"endpoints should be exactly the decode pods, got {sorted(endpoints)}")
     print(f"  note: {PD_NOTE}")
@@ -234,7 +234,10 @@ def main():
                 why = f"requests in flight per pod ({loads}) tie; kv-cache-usage, then a random pick decide"
             else:
                 why = f"requests in flight per pod when sent: {loads}; least-request prefers the least loaded"
+        prefill = line.get("prefill_endpoint", "-")
         print(f"  {'':26} -> {role} pod {endpoint} ({pods.get(endpoint, {}).get('ip', '?')}): {why}")
+        print(f"  {'':26}    prefill leg: {prefill} (group {pods.get(prefill, {}).get('group', '?')}); "
+              f"decode pod group {pods.get(endpoint, {}).get('group', '?')}; pd={line.get('pd', '-')}")
         if s.text:
             print(f"  {'':26}    streamed {s.chunks} chunks: {s.text[:60]!r}{'…' if len(s.text) > 60 else ''}")
 
@@ -250,6 +253,11 @@ def main():
             check(line.get("route") == f"{a.namespace}/llama", f"{s.request_id}: route {line.get('route')}")
             check(role == "decode", f"{s.request_id}: went to {endpoint} ({role}), expected a decode pod")
             check(line.get("completed") is True, f"{s.request_id}: access log says completed={line.get('completed')}")
+            check(line.get("pd") == "disaggregated", f"{s.request_id}: pd={line.get('pd')}, expected disaggregated")
+            check(pods.get(prefill, {}).get("role") == "prefill",
+                  f"{s.request_id}: prefill leg went to {prefill}, not a prefill pod")
+            check(pods.get(prefill, {}).get("group") == pods.get(endpoint, {}).get("group"),
+                  f"{s.request_id}: prefill {prefill} and decode {endpoint} are in different ServingGroups")
 
     # The 2nd request was routed while the 1st streamed (if it still did): it must avoid that pod.
     if load[0] in busy_at_send[load[1].request_id]:
@@ -260,10 +268,11 @@ def main():
 
     used = {}
     for s in streams:
-        e = logs.get(s.request_id, {}).get("endpoint", "?")
-        used[e] = used.get(e, 0) + 1
-    print("\nRequests per pod: " + ", ".join(f"{k} {v}" for k, v in sorted(used.items()))
-          + "; prefill pods: 0 (" + PD_NOTE.split(":")[0].lower() + ")")
+        for key in ("endpoint", "prefill_endpoint"):
+            e = logs.get(s.request_id, {}).get(key, "?")
+            used[e] = used.get(e, 0) + 1
+    print("\nRequests per pod (decode and prefill legs): "
+          + ", ".join(f"{k} {v}" for k, v in sorted(used.items())) + f"; {PD_NOTE}")
 
     if a.check and failures:
         print("\nCHECK FAILED:", file=sys.stderr)
@@ -274,7 +283,8 @@ def main():
         print("\nwarnings:\n" + "\n".join(f"  - {f}" for f in failures))
     if a.check:
         print(f"\nchecks passed: {len(streams)} streamed responses ended with [DONE], every access line "
-              f"names a decode pod, overlapping requests spread, the session stuck to {preferred}")
+              f"names a decode pod and a prefill pod of its own ServingGroup, overlapping requests spread, "
+              f"the session stuck to {preferred}")
 
 
 if __name__ == "__main__":

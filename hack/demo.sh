@@ -308,10 +308,10 @@ say "  kubectl wait --for=condition=Available modelserving/$MS: condition met"
 # ---------------------------------------------------------------------------------------------
 step engines "starting one muster-engine-sim per pod on <pod IP>:$ENGINE_PORT"
 cl_kubectl get pods -n "$NS" -l "modelserving.muster.dev/name=$MS" \
-  -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP} {.metadata.labels.pd-role} {.spec.nodeName}{"\n"}{end}' \
+  -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP} {.metadata.labels.pd-role} {.spec.nodeName} {.metadata.labels.modelserving\.muster\.dev/group-name}{"\n"}{end}' \
   >"$DEMO/pods.txt"
 [ "$(wc -l <"$DEMO/pods.txt")" -eq 4 ] || die "expected 4 pods, got: $(cat "$DEMO/pods.txt")"
-while read -r pod ip role node; do
+while read -r pod ip role node _group; do
   case $ip in 127.*) ;; *) die "pod $pod has IP '$ip', outside 127.0.0.0/8: refusing to send traffic there" ;; esac
   spawn "engine-$pod" "$LOGS/engine-$pod.log" env RUST_LOG=warn \
     "$BIN_DIR/muster-engine-sim" --listen "$ip:$ENGINE_PORT" --role "$role" --model "$SERVED_MODEL"

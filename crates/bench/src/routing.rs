@@ -140,11 +140,18 @@ const ORACLE_HEADER: &str = "x-bench-engine";
 /// A named workload shape.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
-    /// `long` or `short` (or anything else).
+    /// `long`, `short` or `pd` (or anything else).
     pub name: String,
     /// The shape.
     pub shape: GspShape,
+    /// Prefill/decode: each of the `engines` PD groups is one prefill and one decode engine
+    /// (NIXL hand-off); only `random` (random pairing) and `prefix+load` (Muster's pairing)
+    /// run.
+    pub pd: bool,
 }
+
+/// Policies a PD scenario compares.
+const PD_POLICIES: [Policy; 2] = [Policy::Random, Policy::PrefixLoad];
 
 /// Settings of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +203,7 @@ impl Settings {
                         question_len: 256,
                         output_len: 128,
                     },
+                    pd: false,
                 },
                 Scenario {
                     name: "short".into(),
@@ -206,6 +214,18 @@ impl Settings {
                         question_len: 4096,
                         output_len: 128,
                     },
+                    pd: false,
+                },
+                Scenario {
+                    name: "pd".into(),
+                    shape: GspShape {
+                        groups: 64,
+                        prompts_per_group: 16,
+                        system_len: 4096,
+                        question_len: 256,
+                        output_len: 128,
+                    },
+                    pd: true,
                 },
             ],
             policies: Policy::ALL.to_vec(),
@@ -231,6 +251,7 @@ impl Settings {
                         question_len: 32,
                         output_len: 8,
                     },
+                    pd: false,
                 },
                 Scenario {
                     name: "short".into(),
@@ -241,6 +262,18 @@ impl Settings {
                         question_len: 512,
                         output_len: 8,
                     },
+                    pd: false,
+                },
+                Scenario {
+                    name: "pd".into(),
+                    shape: GspShape {
+                        groups: 6,
+                        prompts_per_group: 4,
+                        system_len: 512,
+                        question_len: 32,
+                        output_len: 8,
+                    },
+                    pd: true,
                 },
             ],
             quick: true,
@@ -419,20 +452,33 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
         );
         let kv_blocks = kv_blocks_per_engine(&settings, &scenario.shape);
         let mut results = Vec::new();
-        for (i, &policy) in settings.policies.iter().enumerate() {
+        let policies: Vec<Policy> = settings
+            .policies
+            .iter()
+            .copied()
+            .filter(|p| !scenario.pd || PD_POLICIES.contains(p))
+            .collect();
+        for (i, &policy) in policies.iter().enumerate() {
             let dir = scratch.join(format!("{}-{}", scenario.name, policy.name()));
             std::fs::create_dir_all(&dir)?;
             let t = Instant::now();
             let profile = policy.profile(settings.prefix_weight, kv_blocks);
             let outcome = run_policy(
-                bins, &settings, &requests, policy, kv_blocks, &profile, &dir,
+                bins,
+                &settings,
+                &requests,
+                policy,
+                kv_blocks,
+                &profile,
+                &dir,
+                scenario.pd,
             )
             .await?;
             let tag = format!(
                 "[{} {}/{}] {:<17}",
                 scenario.name,
                 i + 1,
-                settings.policies.len(),
+                policies.len(),
                 policy.name()
             );
             match &outcome {
@@ -487,10 +533,11 @@ fn start_engine(
     settings: &Settings,
     kv_blocks: usize,
     kv_events_port: Option<u16>,
+    role: &str,
     log: &Path,
 ) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(&bins.engine_sim);
-    cmd.args(["--listen", "127.0.0.1:0", "--time-scale"])
+    cmd.args(["--listen", "127.0.0.1:0", "--role", role, "--time-scale"])
         .arg(settings.time_scale.to_string())
         .arg("--num-gpu-blocks")
         .arg(kv_blocks.to_string())
@@ -542,6 +589,26 @@ pub fn router_config(policy: Policy, engines: &[SocketAddr], kv_events: &[Option
     out
 }
 
+/// The PD configuration: one ModelServer whose first half of `engines` prefills and second
+/// half decodes, engine `i` and `n + i` sharing PD group `i`, handing KV over NIXL-style.
+pub fn pd_router_config(engines: &[SocketAddr]) -> String {
+    let n = engines.len() / 2;
+    let mut out = format!(
+        "modelServers:\n- metadata: {{name: engines}}\n  spec:\n    model: \"{MODEL}\"\n    inferenceEngine: vLLM\n    kvConnector: {{type: nixl}}\n    workloadSelector:\n      matchLabels: {{app: engines}}\n      pdGroup: {{groupKey: group, prefillLabels: {{role: prefill}}, decodeLabels: {{role: decode}}}}\n    workloadPort: {{port: 8000}}\n  endpoints:\n"
+    );
+    for (i, a) in engines.iter().enumerate() {
+        let role = if i < n { "prefill" } else { "decode" };
+        out.push_str(&format!(
+            "  - {{address: \"{a}\", name: {role}-{g}, labels: {{role: {role}, group: g{g}}}}}\n",
+            g = i % n
+        ));
+    }
+    out.push_str(&format!(
+        "modelRoutes:\n- metadata: {{name: bench}}\n  spec:\n    modelName: \"{MODEL}\"\n    rules: [{{targetModels: [{{modelServerName: engines}}]}}]\n"
+    ));
+    out
+}
+
 fn request_body(r: &GspRequest) -> Bytes {
     Bytes::from(
         serde_json::json!({
@@ -566,11 +633,18 @@ async fn run_policy(
     kv_blocks: usize,
     profile: &str,
     dir: &Path,
+    pd: bool,
 ) -> anyhow::Result<Result<Measured, String>> {
     let n = settings.engines;
     let mut kv_ports = Vec::new();
     let mut engines = Vec::new();
-    for i in 0..n {
+    // PD: engines 0..n prefill, n..2n decode; engine i and n + i form PD group i.
+    let roles: Vec<&str> = if pd {
+        [vec!["prefill"; n], vec!["decode"; n]].concat()
+    } else {
+        vec!["both"; n]
+    };
+    for (i, role) in roles.iter().enumerate() {
         let port = (policy == Policy::KvEventsLoad)
             .then(free_port)
             .transpose()?;
@@ -580,12 +654,18 @@ async fn run_policy(
             settings,
             kv_blocks,
             port,
+            role,
             &dir.join(format!("engine-{i}.log")),
         )?);
     }
     let engine_addrs: Vec<SocketAddr> = engines.iter().map(|e| e.addrs[0]).collect();
     let cfg = dir.join("router.yaml");
-    std::fs::write(&cfg, router_config(policy, &engine_addrs, &kv_ports))?;
+    let config = if pd {
+        pd_router_config(&engine_addrs)
+    } else {
+        router_config(policy, &engine_addrs, &kv_ports)
+    };
+    std::fs::write(&cfg, config)?;
     let profile_path = dir.join("profile.yaml");
     std::fs::write(&profile_path, profile)?;
     let interval = format!("{}ms", settings.metrics_interval_ms);
@@ -797,6 +877,14 @@ pub fn goals(scenario: &str, results: &[PolicyResult]) -> Vec<Goal> {
                     met: ttft <= KTHENA_TTFT_RATIO,
                 });
             }
+            "pd" => goals.push(Goal {
+                goal: format!(
+                    "{}: paired routing beats random pairing on mean TTFT",
+                    r.name
+                ),
+                measured: x(ttft),
+                met: ttft < 1.0,
+            }),
             "short" => goals.push(Goal {
                 goal: format!(
                     "{}: throughput no worse than random (≥ 0.95 ×, 5% noise allowance)",
@@ -837,13 +925,19 @@ absolute figures, ratios within one run less.{}\n",
         let sh = &sc.scenario.shape;
         out.push_str(&format!(
             "\n## {} shape: {} groups × {} prompts, system {} / question {} / output {} tokens\n\n\
-{} requests of {} prompt tokens; {} KV blocks of {} tokens per engine, all prefixes together {} blocks.\n\n",
+{}{} requests of {} prompt tokens; {} KV blocks of {} tokens per engine, all prefixes together {} blocks.\n\n",
             sc.scenario.name,
             sh.groups,
             sh.prompts_per_group,
             sh.system_len,
             sh.question_len,
             sh.output_len,
+            if sc.scenario.pd {
+                format!("Prefill/decode: {} PD groups of one prefill and one decode engine (NIXL hand-off, \
+`random` = random pairing within groups, `prefix+load` = Muster's joint pairing); engines listed prefill first. ", s.engines)
+            } else {
+                String::new()
+            },
             sc.requests,
             sc.prompt_tokens,
             sc.kv_blocks_per_engine,
@@ -1022,6 +1116,29 @@ mod tests {
         let kv = router_config(Policy::KvEventsLoad, &a, &[Some(7001), Some(7002)]);
         assert!(kv.contains("kvEvents: \"tcp://127.0.0.1:7002\""));
         assert_eq!(kv.matches("modelServerName: engines").count(), 1);
+    }
+
+    #[test]
+    fn pd_config_pairs_engine_i_with_engine_n_plus_i() {
+        let a: Vec<SocketAddr> = (1..=4)
+            .map(|i| format!("127.0.0.1:900{i}").parse().unwrap())
+            .collect();
+        let cfg = pd_router_config(&a);
+        assert!(cfg.contains(
+            "address: \"127.0.0.1:9001\", name: prefill-0, labels: {role: prefill, group: g0}"
+        ));
+        assert!(cfg.contains(
+            "address: \"127.0.0.1:9003\", name: decode-0, labels: {role: decode, group: g0}"
+        ));
+        assert!(cfg.contains(
+            "address: \"127.0.0.1:9004\", name: decode-1, labels: {role: decode, group: g1}"
+        ));
+        assert!(cfg.contains("kvConnector: {type: nixl}"));
+        let pd = Settings::full();
+        assert!(pd
+            .scenarios
+            .iter()
+            .any(|s| s.pd && s.shape.system_len == 4096));
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct PdSettings {
     /// pair (its cache does not matter there — the prefill side computes the prompt).
     #[serde(skip)]
     pub decode_profile: Arc<SchedulerProfile>,
+    /// The server's profile without session affinity: how a prefill endpoint is scored inside
+    /// a pair (a conversation sticks to its decoder; the prefill side follows its cache).
+    #[serde(skip)]
+    pub prefill_profile: Arc<SchedulerProfile>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -168,6 +172,7 @@ pub fn settings(
         min_uncached_tokens,
         bootstrap_port,
         decode_profile: Arc::new(profile.without(&[PluginKind::PrefixCache, PluginKind::KvEvents])),
+        prefill_profile: Arc::new(profile.without(&[PluginKind::SessionAffinity])),
     }
 }
 

@@ -699,6 +699,7 @@ async fn proxy(
                         &prefill_views,
                         &pg,
                         &profile,
+                        &pd.prefill_profile,
                         &pd.decode_profile,
                         &request,
                         &PdRequest {

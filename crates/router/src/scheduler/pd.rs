@@ -6,9 +6,10 @@
 //!    missing from its cache, it computes them itself — a hand-off would cost a second request
 //!    and a transfer for a few milliseconds of prefill.
 //! 2. **Joint scoring within PD groups.** Otherwise every prefill endpoint is scored with the
-//!    full profile (its cache decides how much prefill is left, its load how soon it starts),
-//!    every decoder with the profile minus the prefix scorers (only its load matters: the
-//!    prompt arrives as KV), and a pair scores the sum. Pairs exist only inside one PD group
+//!    profile minus session affinity (its cache decides how much prefill is left, its load how
+//!    soon it starts), every decoder with the profile minus the prefix scorers (its load and
+//!    the session: the prompt arrives as KV, and a conversation stays on its decoder), and a
+//!    pair scores the sum. Pairs exist only inside one PD group
 //!    (the same ServingGroup), so KV never crosses a group's network boundary. The sum is
 //!    separable, so the best pair of a group is its best prefill plus its best decoder.
 //! 3. No group has both roles: the decoder from step 1 serves alone.
@@ -116,6 +117,7 @@ pub fn schedule_pd(
     prefill: &[EndpointView<'_>],
     prefill_groups: &[Option<&str>],
     profile: &SchedulerProfile,
+    prefill_profile: &SchedulerProfile,
     decode_profile: &SchedulerProfile,
     request: &ScheduleRequest<'_>,
     pd: &PdRequest<'_>,
@@ -149,7 +151,7 @@ pub fn schedule_pd(
         exclude: pd.prefill_exclude,
         ..*request
     };
-    let p = score(prefill, profile, &prefill_request, &mut rng)?;
+    let p = score(prefill, prefill_profile, &prefill_request, &mut rng)?;
     let d = score(decode, decode_profile, request, &mut rng)?;
     // Per group: best prefill and best decoder. A BTreeMap keeps the order (and so the
     // random draws) independent of hashing.
@@ -285,6 +287,7 @@ mod tests {
                 &pv,
                 &pg,
                 &prof,
+                &prof,
                 &dprof,
                 &request(seed, 40),
                 &pd(0, 40),
@@ -326,6 +329,7 @@ mod tests {
             &prefill,
             &pg,
             &prof,
+            &prof,
             &dprof,
             &request(1, 40),
             &pd(0, 40),
@@ -350,6 +354,7 @@ mod tests {
             &dg,
             &prefill,
             &pg,
+            &prof,
             &prof,
             &dprof,
             &request(1, 40),
@@ -380,6 +385,7 @@ mod tests {
             &prefill,
             &pg,
             &prof,
+            &prof,
             &dprof,
             &request(3, 40),
             &pd(64, 40),
@@ -401,6 +407,7 @@ mod tests {
             &prefill,
             &pg,
             &prof,
+            &prof,
             &dprof,
             &request(3, 40),
             &pd(16, 40),
@@ -416,6 +423,7 @@ mod tests {
             &dg,
             &[],
             &[],
+            &prof,
             &prof,
             &dprof,
             &request(3, 40),
@@ -435,6 +443,7 @@ mod tests {
                 &[],
                 &prefill,
                 &pg,
+                &prof,
                 &prof,
                 &dprof,
                 &request(3, 40),
@@ -459,6 +468,7 @@ mod tests {
                 &g,
                 &prefill,
                 &g,
+                &prof,
                 &prof,
                 &dprof,
                 &request(seed, 10),
