@@ -22,6 +22,12 @@
 //! `prepend_scheme: first` (it treats the piece at offset 0 differently). Otherwise the whole
 //! prompt is one segment: still cached, still exact, only without sharing between prompts that
 //! differ anywhere.
+//!
+//! Segments missing from the cache are tokenized by a leaner equivalent of the `tokenizers`
+//! pipeline when the tokenizer is GPT-2-style byte-level BPE (`byte_level`; see
+//! [`PromptTokenizer::fast_path`]), several times faster on long prompts.
+
+mod byte_level;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -55,6 +61,8 @@ pub struct PromptTokenizer {
     cuts: Result<Arc<Cuts>, String>,
     /// Token ids of segments, when [`Self::with_segment_cache`] attached one.
     cache: Option<Arc<Mutex<SegmentCache>>>,
+    /// How segments are tokenized without the full pipeline, or why they cannot be.
+    fast: Result<Arc<byte_level::ByteLevelBpe>, String>,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -104,8 +112,14 @@ impl PromptTokenizer {
             source_name: name.to_string(),
             message: e.to_string(),
         })?;
+        let cuts = Cuts::of(&inner).map(Arc::new);
+        let fast = match &cuts {
+            Ok(_) => byte_level::ByteLevelBpe::of(&inner).map(Arc::new),
+            Err(_) => Err("prompts are not cut at added tokens".into()),
+        };
         Ok(PromptTokenizer {
-            cuts: Cuts::of(&inner).map(Arc::new),
+            cuts,
+            fast,
             inner,
             source: name.to_string(),
             cache: None,
@@ -123,6 +137,12 @@ impl PromptTokenizer {
     /// Whether prompts are cut at added tokens for the segment cache, or why not.
     pub fn segmenting(&self) -> Result<(), &str> {
         self.cuts.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Whether segments missing from the cache are tokenized by the byte-level fast path
+    /// (module docs), or why not.
+    pub fn fast_path(&self) -> Result<(), &str> {
+        self.fast.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// Token ids currently held by the segment cache (0 without one).
@@ -170,7 +190,14 @@ impl PromptTokenizer {
                     ids
                 }
                 None => {
-                    let ids: Arc<[u32]> = self.encode(segment)?.into();
+                    let ids: Arc<[u32]> = match &self.fast {
+                        Ok(fast) => {
+                            let mut ids = Vec::new();
+                            fast.encode(self.inner.get_model(), segment, &mut ids)?;
+                            ids.into()
+                        }
+                        Err(_) => self.encode(segment)?.into(),
+                    };
                     out.cache.miss_segments += 1;
                     out.cache.miss_tokens += ids.len() as u64;
                     cache
@@ -471,6 +498,102 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_level_fast_path_equals_the_full_pipeline() {
+        let whole = engine_tokenizer();
+        assert_eq!(whole.fast_path(), Ok(()));
+        // Every class the GPT-2 pattern tells apart: letters of all kinds (Lu, Ll, Lt, Lm,
+        // Lo), numbers (Nd in several scripts, Nl, No), marks, symbols, punctuation,
+        // contractions and their look-alikes, and whitespace of every kind in runs of every
+        // length, next to letters, digits, punctuation and the end of the text.
+        const POOL: [&str; 40] = [
+            " ",
+            "  ",
+            "   ",
+            "\n",
+            "\n\n",
+            "\t",
+            "\r\n",
+            "\u{a0}",
+            "\u{2028}",
+            "\u{3000}",
+            " \n",
+            "\n ",
+            "a",
+            "Word",
+            "ǅ",
+            "ʰ",
+            "日本語",
+            "é",
+            "e\u{301}",
+            "Straße",
+            "42",
+            "٣٤",
+            "Ⅻ",
+            "½",
+            "3.14",
+            "'s",
+            "'S",
+            "'ll",
+            "'re",
+            "'",
+            "don't",
+            "!?",
+            "...",
+            "—",
+            "🦀",
+            "👩‍👩‍👧",
+            "$",
+            "\u{200b}",
+            "\u{feff}",
+            "x",
+        ];
+        let cached = engine_tokenizer().with_segment_cache(1 << 20);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..3000 {
+            let text: String = (0..next(16)).map(|_| POOL[next(40) as usize]).collect();
+            assert_eq!(
+                cached.encode_cached(&text).unwrap().ids,
+                whole.encode(&text).unwrap(),
+                "{text:?}"
+            );
+        }
+        // And one long prompt, as the router sees them.
+        let long: String = (0..20_000).map(|_| POOL[next(40) as usize]).collect();
+        assert_eq!(
+            cached.encode_cached(&long).unwrap().ids,
+            whole.encode(&long).unwrap()
+        );
+
+        // A configuration the fast path does not cover takes the full pipeline, per segment.
+        let mut json: Value = serde_json::from_slice(
+            &std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine-sim/assets/tokenizer.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        json["pre_tokenizer"]["add_prefix_space"] = Value::Bool(true);
+        let spaced =
+            PromptTokenizer::from_bytes(&serde_json::to_vec(&json).unwrap(), "spaced").unwrap();
+        assert_eq!(spaced.segmenting(), Ok(()));
+        assert!(spaced.fast_path().unwrap_err().contains("ByteLevel"));
+        let spaced_cached = spaced.clone().with_segment_cache(1 << 20);
+        for text in tricky_texts() {
+            assert_eq!(
+                spaced_cached.encode_cached(&text).unwrap().ids,
+                spaced.encode(&text).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_repeated_system_prompt_is_served_from_the_cache() {
         let t = engine_tokenizer().with_segment_cache(1 << 20);
         let system = "you are a careful assistant ".repeat(200);
@@ -541,6 +664,7 @@ mod tests {
                 PromptTokenizer::from_bytes(&serde_json::to_vec(&j).unwrap(), name).unwrap();
             let cached = whole.clone().with_segment_cache(1 << 20);
             assert!(whole.segmenting().unwrap_err().contains(why), "{name}");
+            assert!(whole.fast_path().is_err(), "{name}");
             // Still exact: the whole prompt is one segment.
             let text = chat(
                 &[("system", "a b c d e f g h i j"), ("user", "  q  ")],

@@ -11,8 +11,10 @@
 //! ([`PromptTokenizer::encode_cached`]): a chat prompt is cut at its special tokens, one
 //! segment per message, and the ids of segments seen before (a shared system prompt) come
 //! from an LRU bounded by `--tokenize-cache-tokens`, so only the new part of a prompt is
-//! tokenized. The ids are the same as tokenizing the whole prompt (the prefix crate's tests
-//! prove it against the engine's tokenizer); `muster_router_tokenize_cache_*` count the hits.
+//! tokenized, by a byte-level fast path where the tokenizer allows one. The ids are the same
+//! as tokenizing the whole prompt with `tokenizers` (the prefix crate's tests prove it against
+//! the engine's tokenizer); `muster_router_tokenize_cache_*` count the hits, and the
+//! "tokenizer loaded" log line says whether prompts are cut per message and take the fast path.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -248,17 +250,14 @@ impl Tokenizers {
             .or_insert_with(|| match PromptTokenizer::load(&path) {
                 Ok(t) => {
                     let t = t.with_segment_cache(self.cache_tokens);
-                    match t.segmenting() {
-                        Ok(()) => tracing::info!(
-                            path = %path.display(), vocab = t.vocab_size(),
-                            cache_tokens = self.cache_tokens, "tokenizer loaded"
-                        ),
-                        Err(why) => tracing::info!(
-                            path = %path.display(), vocab = t.vocab_size(),
-                            cache_tokens = self.cache_tokens,
-                            "tokenizer loaded; prompts are cached whole, not per message: {why}"
-                        ),
-                    }
+                    tracing::info!(
+                        path = %path.display(),
+                        vocab = t.vocab_size(),
+                        cache_tokens = self.cache_tokens,
+                        cached_per_message = %yes_or_why(t.segmenting()),
+                        byte_level_fast_path = %yes_or_why(t.fast_path()),
+                        "tokenizer loaded"
+                    );
                     Some(Arc::new(t))
                 }
                 Err(e) => {
@@ -268,6 +267,11 @@ impl Tokenizers {
             })
             .clone()
     }
+}
+
+/// `yes`, or `no: why`, for the "tokenizer loaded" log line.
+fn yes_or_why(r: Result<(), &str>) -> String {
+    r.map_or_else(|why| format!("no: {why}"), |()| "yes".into())
 }
 
 #[cfg(test)]
