@@ -113,7 +113,7 @@ struct RoutingArgs {
     /// kv-events+load, session-affinity, oracle).
     #[arg(long, value_delimiter = ',', value_parser = parse_policy)]
     policies: Option<Vec<muster_bench::routing::Policy>>,
-    /// Scenarios to run, comma-separated (long, short).
+    /// Scenarios to run, comma-separated (long, short, pd).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Engine processes.
@@ -173,7 +173,7 @@ async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
         for n in &names {
             anyhow::ensure!(
                 s.scenarios.iter().any(|x| &x.name == n),
-                "--scenarios: unknown scenario {n:?} (expected long or short)"
+                "--scenarios: unknown scenario {n:?} (expected long, short or pd)"
             );
         }
         s.scenarios.retain(|x| names.contains(&x.name));

@@ -232,6 +232,13 @@ async fn shutdown_signal() {
     }
 }
 
+// The request path allocates many small, short-lived buffers (headers, JSON values, futures).
+// With mimalloc's thread-local free lists the router spent about 10% less CPU per proxied
+// request than with glibc malloc (`muster-bench load` against the null engine, CPU time of
+// the router process per request, 2026-12-02).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
