@@ -65,20 +65,27 @@ fn header<'a>(r: &'a common::Reply, name: &str) -> Option<&'a str> {
     r.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nixl_pairs_stay_inside_their_group_and_short_suffixes_stay_on_the_decoder() {
+/// Two PD groups of one prefill and one decode engine each (`p-a`, `d-a`, `p-b`, `d-b`),
+/// behind a NIXL ModelServer that always disaggregates.
+struct TwoGroups {
+    engines: [Sim; 4],
+    eps: [Pd<'static>; 4],
+    router: Router,
+}
+
+async fn two_groups() -> TwoGroups {
     let fast = ["--time-scale", "50"];
-    let (pa, da, pb, db) = (
+    let engines = [
         engine("prefill", &fast),
         engine("decode", &fast),
         engine("prefill", &fast),
         engine("decode", &fast),
-    );
+    ];
     let eps = [
-        (pa.addr, "p-a", "prefill", "a"),
-        (da.addr, "d-a", "decode", "a"),
-        (pb.addr, "p-b", "prefill", "b"),
-        (db.addr, "d-b", "decode", "b"),
+        (engines[0].addr, "p-a", "prefill", "a"),
+        (engines[1].addr, "d-a", "decode", "a"),
+        (engines[2].addr, "p-b", "prefill", "b"),
+        (engines[3].addr, "d-b", "decode", "b"),
     ];
     let router = Router::start(
         &pd_config(
@@ -90,6 +97,20 @@ async fn nixl_pairs_stay_inside_their_group_and_short_suffixes_stay_on_the_decod
         &[],
     )
     .await;
+    TwoGroups {
+        engines,
+        eps,
+        router,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nixl_pairs_stay_inside_their_group_and_short_suffixes_stay_on_the_decoder() {
+    let TwoGroups {
+        engines: [pa, da, pb, db],
+        eps,
+        router,
+    } = two_groups().await;
 
     let n = 16;
     let mut groups_used = std::collections::BTreeSet::new();
@@ -404,29 +425,11 @@ async fn run_concurrently(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_prefill_engine_costs_a_retry_on_another_pair_not_the_request() {
-    let fast = ["--time-scale", "50"];
-    let (mut pa, da, pb, db) = (
-        engine("prefill", &fast),
-        engine("decode", &fast),
-        engine("prefill", &fast),
-        engine("decode", &fast),
-    );
-    let eps = [
-        (pa.addr, "p-a", "prefill", "a"),
-        (da.addr, "d-a", "decode", "a"),
-        (pb.addr, "p-b", "prefill", "b"),
-        (db.addr, "d-b", "decode", "b"),
-    ];
-    let router = Router::start(
-        &pd_config(
-            "vLLM",
-            "nixl",
-            &eps,
-            &[("router.muster.dev/pd-min-uncached-tokens", "0")],
-        ),
-        &[],
-    )
-    .await;
+    let TwoGroups {
+        engines: [mut pa, _da, _pb, _db],
+        router,
+        ..
+    } = two_groups().await;
     pa.kill();
     for i in 0..8 {
         let r = post(

@@ -242,6 +242,30 @@ mod tests {
         }
     }
 
+    /// The pure pairing with [`profile`] and its prefill/decode variants, as the proxy runs it.
+    fn decide(
+        decode: &[EndpointView<'_>],
+        decode_groups: &[Option<&str>],
+        prefill: &[EndpointView<'_>],
+        prefill_groups: &[Option<&str>],
+        seed: u64,
+        blocks: u32,
+        min_uncached: u64,
+    ) -> Result<PdDecision, ScheduleError> {
+        let whole = profile();
+        schedule_pd(
+            decode,
+            decode_groups,
+            prefill,
+            prefill_groups,
+            &whole,
+            &whole.without(&[PluginKind::SessionAffinity]),
+            &whole.without(&[PluginKind::PrefixCache, PluginKind::KvEvents]),
+            &request(seed, blocks),
+            &pd(min_uncached, blocks),
+        )
+    }
+
     fn pd(min: u64, blocks: u32) -> PdRequest<'static> {
         PdRequest {
             prompt_tokens: u64::from(blocks) * 16,
@@ -253,8 +277,6 @@ mod tests {
 
     #[test]
     fn pairs_never_cross_groups_on_random_snapshots() {
-        let prof = profile();
-        let dprof = prof.without(&[PluginKind::PrefixCache, PluginKind::KvEvents]);
         let names: Vec<String> = (0..12).map(|i| format!("e{i}")).collect();
         let group_names = ["a", "b", "c"];
         for seed in 0..2000u64 {
@@ -281,18 +303,7 @@ mod tests {
             };
             let (pv, pg) = side(np, 0, &mut r);
             let (dv, dg) = side(nd, 6, &mut r);
-            let d = schedule_pd(
-                &dv,
-                &dg,
-                &pv,
-                &pg,
-                &prof,
-                &prof,
-                &dprof,
-                &request(seed, 40),
-                &pd(0, 40),
-            )
-            .unwrap();
+            let d = decide(&dv, &dg, &pv, &pg, seed, 40, 0).unwrap();
             let shared = pg.iter().flatten().any(|g| dg.contains(&Some(g)));
             match d {
                 PdDecision::Pair {
@@ -316,25 +327,12 @@ mod tests {
 
     #[test]
     fn the_pair_follows_the_prefill_cache_and_the_decoders_load() {
-        let prof = profile();
-        let dprof = prof.without(&[PluginKind::PrefixCache]);
         // Group a's prefill holds the prompt; group b's decoder is idle but its prefill is cold.
         let prefill = [view("pa", 1, 40), view("pb", 1, 0)];
         let decode = [view("da", 2, 0), view("db", 0, 0)];
         let pg = [Some("a"), Some("b")];
         let dg = [Some("a"), Some("b")];
-        let d = schedule_pd(
-            &decode,
-            &dg,
-            &prefill,
-            &pg,
-            &prof,
-            &prof,
-            &dprof,
-            &request(1, 40),
-            &pd(0, 40),
-        )
-        .unwrap();
+        let d = decide(&decode, &dg, &prefill, &pg, 1, 40, 0).unwrap();
         let PdDecision::Pair {
             prefill: p, group, ..
         } = d
@@ -349,18 +347,7 @@ mod tests {
 
         // With the prefill caches equal, the idle decoder's group wins.
         let prefill = [view("pa", 1, 0), view("pb", 1, 0)];
-        let d = schedule_pd(
-            &decode,
-            &dg,
-            &prefill,
-            &pg,
-            &prof,
-            &prof,
-            &dprof,
-            &request(1, 40),
-            &pd(0, 40),
-        )
-        .unwrap();
+        let d = decide(&decode, &dg, &prefill, &pg, 1, 40, 0).unwrap();
         let PdDecision::Pair {
             decode: dd, group, ..
         } = d
@@ -372,25 +359,12 @@ mod tests {
 
     #[test]
     fn a_decoder_that_caches_all_but_a_short_suffix_serves_alone() {
-        let prof = profile();
-        let dprof = prof.without(&[PluginKind::PrefixCache]);
         let prefill = [view("p", 0, 0)];
         let pg = [Some("a")];
         let dg = [Some("a")];
         // 40 blocks of 16 tokens; the decoder caches 38: 32 tokens left.
         let decode = [view("d", 0, 38)];
-        let alone = schedule_pd(
-            &decode,
-            &dg,
-            &prefill,
-            &pg,
-            &prof,
-            &prof,
-            &dprof,
-            &request(3, 40),
-            &pd(64, 40),
-        )
-        .unwrap();
+        let alone = decide(&decode, &dg, &prefill, &pg, 3, 40, 64).unwrap();
         assert!(
             matches!(
                 alone,
@@ -401,35 +375,13 @@ mod tests {
             ),
             "{alone:?}"
         );
-        let paired = schedule_pd(
-            &decode,
-            &dg,
-            &prefill,
-            &pg,
-            &prof,
-            &prof,
-            &dprof,
-            &request(3, 40),
-            &pd(16, 40),
-        )
-        .unwrap();
+        let paired = decide(&decode, &dg, &prefill, &pg, 3, 40, 16).unwrap();
         assert!(
             matches!(paired, PdDecision::Pair { .. }),
             "32 ≥ 16 uncached: {paired:?}"
         );
         // Without prefill peers it still serves.
-        let alone = schedule_pd(
-            &decode,
-            &dg,
-            &[],
-            &[],
-            &prof,
-            &prof,
-            &dprof,
-            &request(3, 40),
-            &pd(16, 40),
-        )
-        .unwrap();
+        let alone = decide(&decode, &dg, &[], &[], 3, 40, 16).unwrap();
         assert!(matches!(
             alone,
             PdDecision::Alone {
@@ -438,17 +390,7 @@ mod tests {
             }
         ));
         assert_eq!(
-            schedule_pd(
-                &[],
-                &[],
-                &prefill,
-                &pg,
-                &prof,
-                &prof,
-                &dprof,
-                &request(3, 40),
-                &pd(16, 40)
-            ),
+            decide(&[], &[], &prefill, &pg, 3, 40, 16),
             Err(ScheduleError::NoEndpoints),
             "no decoder: nothing can answer"
         );
@@ -456,25 +398,13 @@ mod tests {
 
     #[test]
     fn equal_pairs_share_traffic() {
-        let prof = profile();
-        let dprof = prof.without(&[PluginKind::PrefixCache]);
         let prefill = [view("pa", 0, 0), view("pb", 0, 0)];
         let decode = [view("da", 0, 0), view("db", 0, 0)];
         let g = [Some("a"), Some("b")];
         let mut counts = BTreeMap::new();
         for seed in 0..400 {
-            if let PdDecision::Pair { group, .. } = schedule_pd(
-                &decode,
-                &g,
-                &prefill,
-                &g,
-                &prof,
-                &prof,
-                &dprof,
-                &request(seed, 10),
-                &pd(0, 10),
-            )
-            .unwrap()
+            if let PdDecision::Pair { group, .. } =
+                decide(&decode, &g, &prefill, &g, seed, 10, 0).unwrap()
             {
                 *counts.entry(group).or_insert(0) += 1;
             }
