@@ -150,6 +150,22 @@ pub struct Scenario {
     pub pd: bool,
 }
 
+impl Scenario {
+    /// `long` and `short` on whole engines, then `pd`: the long shape on PD groups.
+    fn all(long: GspShape, short: GspShape) -> Vec<Scenario> {
+        let scenario = |name: &str, shape, pd| Scenario {
+            name: name.into(),
+            shape,
+            pd,
+        };
+        vec![
+            scenario("long", long, false),
+            scenario("short", short, false),
+            scenario("pd", long, true),
+        ]
+    }
+}
+
 /// Policies a PD scenario compares.
 const PD_POLICIES: [Policy; 2] = [Policy::Random, Policy::PrefixLoad];
 
@@ -185,6 +201,18 @@ impl Settings {
     /// The full benchmark: Kthena's two shapes (token lengths unchanged), groups, prompts per
     /// group, concurrency and KV capacity scaled down together (see docs/benchmarks.md).
     pub fn full() -> Settings {
+        let long = GspShape {
+            groups: 64,
+            prompts_per_group: 16,
+            system_len: 4096,
+            question_len: 256,
+            output_len: 128,
+        };
+        let short = GspShape {
+            system_len: 256,
+            question_len: 4096,
+            ..long
+        };
         Settings {
             engines: 3,
             time_scale: 5.0,
@@ -193,41 +221,7 @@ impl Settings {
             prefix_fraction: 0.5,
             prefix_weight: 2.0,
             seed: 1,
-            scenarios: vec![
-                Scenario {
-                    name: "long".into(),
-                    shape: GspShape {
-                        groups: 64,
-                        prompts_per_group: 16,
-                        system_len: 4096,
-                        question_len: 256,
-                        output_len: 128,
-                    },
-                    pd: false,
-                },
-                Scenario {
-                    name: "short".into(),
-                    shape: GspShape {
-                        groups: 64,
-                        prompts_per_group: 16,
-                        system_len: 256,
-                        question_len: 4096,
-                        output_len: 128,
-                    },
-                    pd: false,
-                },
-                Scenario {
-                    name: "pd".into(),
-                    shape: GspShape {
-                        groups: 64,
-                        prompts_per_group: 16,
-                        system_len: 4096,
-                        question_len: 256,
-                        output_len: 128,
-                    },
-                    pd: true,
-                },
-            ],
+            scenarios: Scenario::all(long, short),
             policies: Policy::ALL.to_vec(),
             metrics_interval_ms: 50,
             quick: false,
@@ -236,46 +230,24 @@ impl Settings {
 
     /// A smoke-sized run (seconds): tiny shapes of the same form on two engines.
     pub fn quick() -> Settings {
+        let long = GspShape {
+            groups: 6,
+            prompts_per_group: 4,
+            system_len: 512,
+            question_len: 32,
+            output_len: 8,
+        };
+        let short = GspShape {
+            system_len: 32,
+            question_len: 512,
+            ..long
+        };
         Settings {
             engines: 2,
             time_scale: 10.0,
             max_concurrency: 8,
             request_rate: 200.0,
-            scenarios: vec![
-                Scenario {
-                    name: "long".into(),
-                    shape: GspShape {
-                        groups: 6,
-                        prompts_per_group: 4,
-                        system_len: 512,
-                        question_len: 32,
-                        output_len: 8,
-                    },
-                    pd: false,
-                },
-                Scenario {
-                    name: "short".into(),
-                    shape: GspShape {
-                        groups: 6,
-                        prompts_per_group: 4,
-                        system_len: 32,
-                        question_len: 512,
-                        output_len: 8,
-                    },
-                    pd: false,
-                },
-                Scenario {
-                    name: "pd".into(),
-                    shape: GspShape {
-                        groups: 6,
-                        prompts_per_group: 4,
-                        system_len: 512,
-                        question_len: 32,
-                        output_len: 8,
-                    },
-                    pd: true,
-                },
-            ],
+            scenarios: Scenario::all(long, short),
             quick: true,
             ..Settings::full()
         }
@@ -463,17 +435,12 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
             std::fs::create_dir_all(&dir)?;
             let t = Instant::now();
             let profile = policy.profile(settings.prefix_weight, kv_blocks);
-            let outcome = run_policy(
-                bins,
-                &settings,
-                &requests,
-                policy,
+            let workload = Workload {
+                requests: &requests,
                 kv_blocks,
-                &profile,
-                &dir,
-                scenario.pd,
-            )
-            .await?;
+                pd: scenario.pd,
+            };
+            let outcome = run_policy(bins, &settings, &workload, policy, &profile, &dir).await?;
             let tag = format!(
                 "[{} {}/{}] {:<17}",
                 scenario.name,
@@ -624,17 +591,29 @@ fn request_body(r: &GspRequest) -> Bytes {
     )
 }
 
+/// One scenario's requests and engine shape.
+struct Workload<'a> {
+    requests: &'a [GspRequest],
+    /// KV blocks per engine.
+    kv_blocks: usize,
+    /// Prefill/decode groups instead of whole engines.
+    pd: bool,
+}
+
 /// Runs one policy on fresh processes. `Ok(Err(why))`: the router does not offer the policy.
 async fn run_policy(
     bins: &Binaries,
     settings: &Settings,
-    requests: &[GspRequest],
+    workload: &Workload<'_>,
     policy: Policy,
-    kv_blocks: usize,
     profile: &str,
     dir: &Path,
-    pd: bool,
 ) -> anyhow::Result<Result<Measured, String>> {
+    let Workload {
+        requests,
+        kv_blocks,
+        pd,
+    } = *workload;
     let n = settings.engines;
     let mut kv_ports = Vec::new();
     let mut engines = Vec::new();
