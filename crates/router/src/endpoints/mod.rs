@@ -60,6 +60,7 @@ pub struct EndpointState {
     pub protocol: UpstreamProtocol,
     in_flight: AtomicU32,
     in_flight_tokens: AtomicU64,
+    pending_prefill_tokens: AtomicU64,
     sample: Mutex<Option<Sample>>,
     last_scrape_error: Mutex<Option<String>>,
     outlier: Mutex<OutlierState>,
@@ -125,6 +126,7 @@ impl EndpointState {
             protocol,
             in_flight: AtomicU32::new(0),
             in_flight_tokens: AtomicU64::new(0),
+            pending_prefill_tokens: AtomicU64::new(0),
             sample: Mutex::new(None),
             last_scrape_error: Mutex::new(None),
             outlier: Mutex::new(OutlierState::default()),
@@ -156,6 +158,7 @@ impl EndpointState {
             name: &self.name,
             in_flight_requests: self.in_flight.load(Ordering::Relaxed),
             in_flight_tokens: self.in_flight_tokens.load(Ordering::Relaxed),
+            pending_prefill_tokens: self.pending_prefill_tokens.load(Ordering::Relaxed),
             engine,
             engine_fresh: at.is_some_and(|at| now.saturating_duration_since(at) <= stale_after),
             ejected: self.outlier.lock().expect("outlier lock").is_ejected(now),
@@ -164,13 +167,17 @@ impl EndpointState {
         }
     }
 
-    /// Counts a request (and its token estimate) in flight until the guard drops.
-    pub fn begin(self: &Arc<Self>, tokens: u64) -> InFlight {
+    /// Counts a request (its token estimate, and the uncached prompt tokens it will make the
+    /// engine compute) in flight until the guard drops; the prefill part until the first token.
+    pub fn begin(self: &Arc<Self>, tokens: u64, prefill_tokens: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.in_flight_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.pending_prefill_tokens
+            .fetch_add(prefill_tokens, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
             tokens,
+            prefill_tokens,
         }
     }
 
@@ -248,6 +255,7 @@ impl EndpointState {
 pub struct InFlight {
     endpoint: Arc<EndpointState>,
     tokens: u64,
+    prefill_tokens: u64,
 }
 
 impl InFlight {
@@ -255,10 +263,20 @@ impl InFlight {
     pub fn endpoint(&self) -> &Arc<EndpointState> {
         &self.endpoint
     }
+
+    /// The engine produced the first token: the prompt is computed, so it no longer counts
+    /// as prefill work queued ahead of other requests.
+    pub fn prefill_done(&mut self) {
+        let t = std::mem::take(&mut self.prefill_tokens);
+        self.endpoint
+            .pending_prefill_tokens
+            .fetch_sub(t, Ordering::Relaxed);
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.prefill_done();
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.endpoint
             .in_flight_tokens

@@ -757,14 +757,15 @@ async fn proxy(
         // With prefix scoring, in-flight work counts only the prompt the engine must compute
         // (the expected wait the release valve compares), and the index learns the route. A
         // decoder of a pair computes no prompt, but ends up holding its KV.
+        let prefill_estimate = match (&prefix_blocks, &routed.prefill) {
+            (_, Some(_)) => 0,
+            (Some(b), None) => b.uncached_tokens(cached_blocks),
+            (None, None) => prompt_estimate,
+        };
         let token_estimate = match (&prefix_blocks, &routed.prefill) {
-            (Some(b), prefill) => {
+            (Some(b), _) => {
                 endpoint.prefix.record_routed(&b.hashes, Instant::now());
-                if prefill.is_some() {
-                    output_budget
-                } else {
-                    b.uncached_tokens(cached_blocks) + output_budget
-                }
+                prefill_estimate + output_budget
             }
             (None, Some(_)) => output_budget,
             (None, None) => token_estimate,
@@ -814,7 +815,7 @@ async fn proxy(
                 }
                 None => prompt_estimate,
             } + 1;
-            let prefill_in_flight = prefill_ep.begin(prefill_tokens);
+            let prefill_in_flight = prefill_ep.begin(prefill_tokens, prefill_tokens);
             let mut leg = pd::PrefillLeg {
                 client: client.clone(),
                 endpoint: prefill_ep.clone(),
@@ -915,7 +916,7 @@ async fn proxy(
         }
         *upstream_req.headers_mut() = headers;
 
-        let in_flight = endpoint.begin(token_estimate);
+        let in_flight = endpoint.begin(token_estimate, prefill_estimate);
         let result =
             tokio::time::timeout(policy.per_try_timeout, client.request(upstream_req)).await;
         let attempts_metric = |outcome: &str| {

@@ -145,7 +145,12 @@ impl RequestRecord {
             return;
         }
         match self.last_token {
-            None => self.first_token = Some(now),
+            None => {
+                self.first_token = Some(now);
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.prefill_done();
+                }
+            }
             Some(prev) => self
                 .model
                 .inter_token_latency

@@ -49,6 +49,10 @@ pub struct EndpointView<'a> {
     pub in_flight_requests: u32,
     /// Estimated tokens (prompt + output budget) of those requests.
     pub in_flight_tokens: u64,
+    /// Uncached prompt tokens of those requests that have not streamed a first token yet:
+    /// prefill work queued or running ahead of a new request (decoding requests do not delay
+    /// a new prefill much under continuous batching, so they are not in here).
+    pub pending_prefill_tokens: u64,
     /// Last engine metrics, if ever scraped.
     pub engine: Option<EngineLoad>,
     /// Whether `engine` is recent enough to trust.

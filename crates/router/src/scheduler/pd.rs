@@ -202,6 +202,7 @@ mod tests {
             name,
             in_flight_requests: in_flight,
             in_flight_tokens: u64::from(in_flight) * 1000,
+            pending_prefill_tokens: 0,
             engine: Some(EngineLoad::default()),
             engine_fresh: true,
             ejected: false,

@@ -164,13 +164,16 @@ fn cached_blocks(e: &EndpointView<'_>, precise: bool, total: u32) -> u32 {
 ///
 /// ```text
 /// uncached_i = prompt_tokens − cached_i · block_tokens
-/// pending_i  = router in-flight tokens_i + max(0, engine waiting_i − router in-flight_i) · uncached_i
+/// pending_i  = router pending prefill_i + max(0, engine waiting_i − router in-flight_i) · uncached_i
 /// wait_i     = pending_i + uncached_i
 /// cold       = min_j (pending_j + prompt_tokens)
 /// score_i    = cached_i / total   if wait_i ≤ cold,   else 0
 /// ```
 ///
-/// Router in-flight tokens count each request's uncached prompt and output budget. The
+/// Router pending prefill counts the uncached prompt of each request this router sent there
+/// that has not streamed its first token yet (a request that is decoding barely delays a new
+/// prefill under continuous batching; counting its output budget made the valve spill warm
+/// prefixes whenever requests merely lingered in decode). The
 /// engine's queue beyond what this router has in flight (other router replicas' traffic) is
 /// costed at this request's own uncached size there — queued requests on a warm endpoint
 /// mostly share its prefix. So a hot prefix stays on its warm endpoint while the cache saves
@@ -197,8 +200,9 @@ pub(super) fn prefix_cache(
             let cached = cached_blocks(e, precise, total);
             let uncached = (prompt - f64::from(cached) * request.block_tokens as f64).max(0.0);
             let others = (loads[i].waiting - f64::from(e.in_flight_requests)).max(0.0);
-            let pending = e.in_flight_tokens as f64 + others * uncached;
-            cold = cold.min(e.in_flight_tokens as f64 + others * prompt + prompt);
+            let queued = e.pending_prefill_tokens as f64;
+            let pending = queued + others * uncached;
+            cold = cold.min(queued + others * prompt + prompt);
             (cached, pending + uncached)
         })
         .collect();

@@ -8,6 +8,7 @@ fn view(name: &str) -> EndpointView<'_> {
         name,
         in_flight_requests: 0,
         in_flight_tokens: 0,
+        pending_prefill_tokens: 0,
         engine: Some(EngineLoad::default()),
         engine_fresh: true,
         ejected: false,
@@ -317,6 +318,7 @@ proptest! {
             name: n,
             in_flight_requests: *r,
             in_flight_tokens: *t,
+            pending_prefill_tokens: *t / 2,
             engine: e.map(|(w, run, kv)| EngineLoad { waiting: w, running: run, kv_cache_usage: kv }),
             engine_fresh: *fresh,
             ejected: *ej,
@@ -393,10 +395,12 @@ const HOT: PrefixRequest = PrefixRequest {
     prompt_tokens: 4352,
 };
 
+/// `tokens` of uncached prompt in flight, none of it prefilled yet.
 fn with_load(name: &str, requests: u32, tokens: u64, cached: u32) -> EndpointView<'_> {
     EndpointView {
         in_flight_requests: requests,
         in_flight_tokens: tokens,
+        pending_prefill_tokens: tokens,
         prefix: PrefixMatch {
             approx_blocks: cached,
             precise_blocks: None,
@@ -434,6 +438,34 @@ fn prefix_affinity_beats_a_lighter_cold_endpoint() {
         assert!(
             (s - 256.0 / 272.0).abs() < 1e-9,
             "score is the cached fraction: {s}"
+        );
+    }
+}
+
+#[test]
+fn requests_that_are_only_decoding_do_not_push_a_prefix_off_its_warm_endpoint() {
+    // 40 requests decode on the warm endpoint (their prompts are done), none elsewhere: the
+    // queue ahead of a new prefill there is empty, so affinity holds. The same requests still
+    // waiting for their prefill do spill the next one.
+    let decoding = EndpointView {
+        pending_prefill_tokens: 0,
+        ..with_load("warm", 40, 40 * (256 + 128), 256)
+    };
+    let cold = [with_load("cold-a", 0, 0, 0), with_load("cold-b", 0, 0, 0)];
+    let views = [decoding, cold[0].clone(), cold[1].clone()];
+    let profile = prefix_profile(PluginKind::PrefixCache);
+    for seed in 0..20 {
+        assert_eq!(
+            schedule(&views, &profile, &prefix_req(seed)).unwrap().index,
+            0
+        );
+    }
+    let queued = with_load("warm", 40, 40 * 4352, 256);
+    let views = [queued, cold[0].clone(), cold[1].clone()];
+    for seed in 0..20 {
+        assert_ne!(
+            schedule(&views, &profile, &prefix_req(seed)).unwrap().index,
+            0
         );
     }
 }
