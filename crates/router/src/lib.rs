@@ -18,6 +18,7 @@
 //! * [`policy`] is traffic policy: authentication, token rate limits (local and Redis-global)
 //!   and fair queuing in front of saturated servers.
 
+pub mod access_log;
 pub mod config;
 pub mod duration;
 pub mod endpoints;

@@ -29,23 +29,21 @@ pub fn dropped_lines() -> u64 {
 /// A `MakeWriter` feeding the background stderr writer.
 #[derive(Clone)]
 pub struct BackgroundStderr {
-    queue: SyncSender<Msg>,
+    _started: (),
 }
 
 impl BackgroundStderr {
     /// Starts the writer thread (once per process) with room for `capacity` queued lines.
     pub fn start(capacity: usize) -> Self {
-        let queue = QUEUE
-            .get_or_init(|| {
-                let (tx, rx) = sync_channel(capacity);
-                std::thread::Builder::new()
-                    .name("muster-log".into())
-                    .spawn(move || write_loop(rx))
-                    .expect("spawn log writer");
-                tx
-            })
-            .clone();
-        BackgroundStderr { queue }
+        QUEUE.get_or_init(|| {
+            let (tx, rx) = sync_channel(capacity);
+            std::thread::Builder::new()
+                .name("muster-log".into())
+                .spawn(move || write_loop(rx))
+                .expect("spawn log writer");
+            tx
+        });
+        BackgroundStderr { _started: () }
     }
 }
 
@@ -78,6 +76,16 @@ fn write_loop(rx: Receiver<Msg>) {
     }
 }
 
+/// Queues one finished line (with its newline) for the writer; dropped and counted when the
+/// queue is full, ignored when the writer was never started (tests, no logging set up).
+pub fn queue_line(line: Vec<u8>) {
+    if let Some(q) = QUEUE.get() {
+        if let Err(TrySendError::Full(_)) = q.try_send(Msg::Line(line)) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Waits (up to `timeout`) until every line queued so far is written; call before exiting.
 pub fn flush(timeout: Duration) {
     if let Some(q) = QUEUE.get() {
@@ -91,7 +99,6 @@ pub fn flush(timeout: Duration) {
 /// One log event's bytes, queued when dropped.
 pub struct QueuedLine {
     buf: Vec<u8>,
-    queue: SyncSender<Msg>,
 }
 
 impl Write for QueuedLine {
@@ -109,10 +116,7 @@ impl Drop for QueuedLine {
         if self.buf.is_empty() {
             return;
         }
-        let line = std::mem::take(&mut self.buf);
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(Msg::Line(line)) {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        }
+        queue_line(std::mem::take(&mut self.buf));
     }
 }
 
@@ -122,7 +126,6 @@ impl<'a> MakeWriter<'a> for BackgroundStderr {
     fn make_writer(&'a self) -> QueuedLine {
         QueuedLine {
             buf: Vec::with_capacity(256),
-            queue: self.queue.clone(),
         }
     }
 }

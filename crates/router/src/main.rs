@@ -209,6 +209,7 @@ fn init_logging(format: LogFormat) {
     // Colour codes only for a terminal: they cost formatting time on every access-log line.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let writer = BackgroundStderr::start(1 << 16);
+    muster_router::access_log::set_json(matches!(format, LogFormat::Json));
     match format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()

@@ -195,7 +195,7 @@ impl Drop for RequestRecord {
         if self.counted_in_flight {
             m.in_flight.dec();
         }
-        if self.access_log {
+        if self.access_log && crate::access_log::enabled() {
             let mut scores = String::with_capacity(64);
             for (i, (k, s)) in self.scores.iter().enumerate() {
                 use std::fmt::Write as _;
@@ -205,31 +205,39 @@ impl Drop for RequestRecord {
                 let sep = if i == 0 { "" } else { "," };
                 let _ = write!(scores, "{sep}{}={rounded}", k.as_str());
             }
-            tracing::info!(
-                target: "muster_router::access",
-                request_id = %self.request_id,
-                method = %self.method,
-                path = self.uri.path(),
-                model = %self.requested_model,
-                route = or_dash(&self.route),
-                rule = or_dash(&self.rule),
-                server = or_dash(&self.server),
-                endpoint = or_dash(&self.endpoint),
-                prefill_endpoint = or_dash(&self.prefill_endpoint),
-                pd = self.pd.unwrap_or("-"),
-                session = self.session.as_deref().unwrap_or(""),
-                tenant = tenant.as_deref().unwrap_or(""),
-                scores = %scores,
-                attempts = self.attempts,
-                status = self.status,
-                duration_us = elapsed.as_micros() as u64,
-                ttft_us = ttft.map(|t| t.as_micros() as u64),
-                prompt_tokens = self.usage.map(|u| u.prompt_tokens),
-                completion_tokens = self.usage.map(|u| u.completion_tokens),
-                completed = self.completed,
-                error = self.error.as_deref().unwrap_or(""),
-                "request"
-            );
+            use crate::access_log::{emit, Field};
+            emit(&[
+                ("request_id", Field::Str(&self.request_id)),
+                ("method", Field::Str(self.method.as_str())),
+                ("path", Field::Str(self.uri.path())),
+                ("model", Field::Str(&self.requested_model)),
+                ("route", Field::Str(or_dash(&self.route))),
+                ("rule", Field::Str(or_dash(&self.rule))),
+                ("server", Field::Str(or_dash(&self.server))),
+                ("endpoint", Field::Str(or_dash(&self.endpoint))),
+                (
+                    "prefill_endpoint",
+                    Field::Str(or_dash(&self.prefill_endpoint)),
+                ),
+                ("pd", Field::Str(self.pd.unwrap_or("-"))),
+                ("session", Field::Str(self.session.as_deref().unwrap_or(""))),
+                ("tenant", Field::Str(tenant.as_deref().unwrap_or(""))),
+                ("scores", Field::Str(&scores)),
+                ("attempts", Field::U64(u64::from(self.attempts))),
+                ("status", Field::U64(u64::from(self.status))),
+                ("duration_us", Field::U64(elapsed.as_micros() as u64)),
+                ("ttft_us", Field::OptU64(ttft.map(|t| t.as_micros() as u64))),
+                (
+                    "prompt_tokens",
+                    Field::OptU64(self.usage.map(|u| u.prompt_tokens)),
+                ),
+                (
+                    "completion_tokens",
+                    Field::OptU64(self.usage.map(|u| u.completion_tokens)),
+                ),
+                ("completed", Field::Bool(self.completed)),
+                ("error", Field::Str(self.error.as_deref().unwrap_or(""))),
+            ]);
         }
     }
 }
