@@ -57,6 +57,7 @@ fn quick_run_measures_every_policy_through_the_real_router() {
     // One progress line per scenario and policy.
     assert_eq!(stderr.matches("[long ").count(), 7, "{stderr}");
     assert_eq!(stderr.matches("[short ").count(), 7, "{stderr}");
+    assert_eq!(stderr.matches("[pd ").count(), 2, "{stderr}");
 
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.join("routing.json")).unwrap()).unwrap();
@@ -70,6 +71,7 @@ fn quick_run_measures_every_policy_through_the_real_router() {
 
     for sc in report["scenarios"].as_array().unwrap() {
         let requests = sc["requests"].as_u64().unwrap();
+        let pd = sc["scenario"]["pd"].as_bool().unwrap();
         assert_eq!(requests, 24);
         for p in sc["policies"].as_array().unwrap() {
             let name = p["name"].as_str().unwrap();
@@ -86,14 +88,22 @@ fn quick_run_measures_every_policy_through_the_real_router() {
             let m = &p["measured"];
             assert_eq!(m["errors"], 0, "{name}: {}", m["first_error"]);
             assert_eq!(m["completed"].as_u64().unwrap(), requests, "{name}");
-            // The engines' own counters saw exactly the requests sent.
-            let per_engine: f64 = m["requests_per_engine"]
+            // The engines' own counters saw exactly the requests sent. PD: engines are listed
+            // prefill first; every request ends on a decoder, and a prefill engine sees at
+            // most one leg per request (none when a decoder served it alone).
+            let counts: Vec<f64> = m["requests_per_engine"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|x| x.as_f64().unwrap())
-                .sum();
-            assert_eq!(per_engine, requests as f64, "{name}");
+                .collect();
+            if pd {
+                let (prefill, decode) = counts.split_at(counts.len() / 2);
+                assert_eq!(decode.iter().sum::<f64>(), requests as f64, "{name}");
+                assert!(prefill.iter().sum::<f64>() <= requests as f64, "{name}");
+            } else {
+                assert_eq!(counts.iter().sum::<f64>(), requests as f64, "{name}");
+            }
             assert!(m["ttft"]["mean_ms"].as_f64().unwrap() > 0.0, "{name}");
             assert!(
                 m["e2e"]["mean_ms"].as_f64().unwrap() >= m["ttft"]["mean_ms"].as_f64().unwrap(),
@@ -105,6 +115,10 @@ fn quick_run_measures_every_policy_through_the_real_router() {
             assert!((tok / rps - 8.0).abs() < 1e-6, "{name}: {tok} / {rps}");
             let hit = m["cache_hit_rate"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&hit), "{name}: {hit}");
+        }
+        if pd {
+            assert_eq!(sc["policies"].as_array().unwrap().len(), 2, "random and prefix+load");
+            continue;
         }
         let oracle = sc["policies"]
             .as_array()
@@ -119,8 +133,11 @@ fn quick_run_measures_every_policy_through_the_real_router() {
         );
         if sc["scenario"]["name"] == "long" {
             // On the long shape, group affinity must show in the engines' hit rate: the
-            // oracle hits on every request of a group after the first (3 of 4 per group),
-            // random cannot do that with room for only half the prefixes per engine.
+            // oracle hits on every request of a group after the first (3 of 4 per group, at
+            // most 0.71 of prompt tokens), random cannot do that with room for only half the
+            // prefixes per engine. A request that arrives while its group's first one is
+            // still prefilling misses too (all 24 arrive within milliseconds), so the oracle's
+            // rate varies with timing (0.55–0.70 seen); random's stays near 0.2.
             let hit = |n: &str| {
                 sc["policies"]
                     .as_array()
@@ -137,7 +154,7 @@ fn quick_run_measures_every_policy_through_the_real_router() {
                 hit("oracle"),
                 hit("random")
             );
-            assert!(hit("oracle") > 0.6, "oracle hit rate {}", hit("oracle"));
+            assert!(hit("oracle") > 0.45, "oracle hit rate {}", hit("oracle"));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
