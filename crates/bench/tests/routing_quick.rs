@@ -117,7 +117,11 @@ fn quick_run_measures_every_policy_through_the_real_router() {
             assert!((0.0..=1.0).contains(&hit), "{name}: {hit}");
         }
         if pd {
-            assert_eq!(sc["policies"].as_array().unwrap().len(), 2, "random and prefix+load");
+            assert_eq!(
+                sc["policies"].as_array().unwrap().len(),
+                2,
+                "random and prefix+load"
+            );
             continue;
         }
         let oracle = sc["policies"]
