@@ -25,15 +25,31 @@ pub async fn acquire(
     client: Client,
     config: &LeaderConfig,
 ) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
-    let manager = LeaseManagerBuilder::new(client, &config.lease_name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(15)
-        .with_grace(5)
-        .with_field_manager(muster_api::labels::FIELD_MANAGER)
-        .build()
-        .await
-        .with_context(|| format!("preparing Lease {}/{}", config.namespace, config.lease_name))?;
+    // A standby that exits on a transient API error at start is no standby: retry until the
+    // Lease can be read (or created), with a capped backoff.
+    let mut backoff = std::time::Duration::from_millis(200);
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+            .with_namespace(&config.namespace)
+            .with_identity(&config.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager(muster_api::labels::FIELD_MANAGER)
+            .build()
+            .await;
+        match built {
+            Ok(m) => break m,
+            Err(e) => {
+                let e = anyhow::Error::from(e).context(format!(
+                    "preparing Lease {}/{}",
+                    config.namespace, config.lease_name
+                ));
+                warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cannot prepare the lease yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    };
     let (mut leader, task) = manager.watch().await;
     // The watch task must outlive this function; dropping the handle does not stop it.
     drop(task);

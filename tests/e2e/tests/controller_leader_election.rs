@@ -19,17 +19,38 @@ impl Drop for Replica {
     }
 }
 
+/// Where a replica's log goes, so a failure can show why a replica stopped.
+fn log_path(ns: &str, identity: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("muster-leader-{ns}-{identity}.log"))
+}
+
 fn start(ns: &str, identity: &str, port: u16) -> Replica {
+    let log = std::fs::File::create(log_path(ns, identity)).expect("replica log");
     let child = Command::new(workspace_binary("muster-controller", "muster-controller"))
         .args(["--leader-elect", "--lease-namespace", ns, "--namespace", ns])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", kubeconfig_path())
         .env("POD_NAME", identity)
+        .env("RUST_LOG", "info,kube_lease_manager=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start muster-controller");
     Replica(child)
+}
+
+/// The tail of both replicas' logs, for a failure message.
+fn logs(ns: &str) -> String {
+    ["replica-a", "replica-b"]
+        .iter()
+        .map(|id| {
+            let text = std::fs::read_to_string(log_path(ns, id)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("--- {id} ---\n{}", tail.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn holder(ns: &TestNamespace) -> Option<String> {
@@ -84,7 +105,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         || async { Ok(holder(&ns).await.filter(|h| *h != first)) },
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&ns.name)));
     assert_ne!(second, first);
     doc["metadata"]["name"] = json!("qwen-second");
     ns.create(&doc).await.unwrap();
