@@ -184,6 +184,13 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     const BASE: &str = "workloadSelector:\n  matchLabels: {app: x}\nworkloadPort: {port: 8000}\n";
 
     #[test]
@@ -223,15 +230,12 @@ mod tests {
         assert_eq!(d.max_prefill_per_decode, DEFAULT_MAX_PREFILL_PER_DECODE);
         assert_eq!(d.bootstrap_port, BootstrapPort::Port(8998));
 
-        let set: BTreeMap<String, String> = [
+        let set = annotations(&[
             (MAX_PREFILL_PER_DECODE_ANNOTATION, "2"),
             (PREFILL_QUEUE_TIMEOUT_ANNOTATION, "1500ms"),
             (PD_MIN_UNCACHED_TOKENS_ANNOTATION, "0"),
             (BOOTSTRAP_PORT_ANNOTATION, "workloadPort"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let s2 = settings(&s, &set, &profile, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(s2.max_prefill_per_decode, 2);
@@ -239,13 +243,10 @@ mod tests {
         assert_eq!(s2.min_uncached_tokens, 0);
         assert_eq!(s2.bootstrap_port, BootstrapPort::WorkloadPort);
 
-        let bad: BTreeMap<String, String> = [
+        let bad = annotations(&[
             (MAX_PREFILL_PER_DECODE_ANNOTATION, "0"),
             (BOOTSTRAP_PORT_ANNOTATION, "http"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let s3 = settings(&s, &bad, &profile, &mut problems);
         assert_eq!(s3.max_prefill_per_decode, DEFAULT_MAX_PREFILL_PER_DECODE);
         assert_eq!(problems.len(), 2);

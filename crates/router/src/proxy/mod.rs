@@ -684,15 +684,8 @@ async fn proxy(
                             endpoint_view(&state, e, blocks, &profile, sched_start, stale_after)
                         })
                         .collect();
-                    let groups = |specs: &[crate::config::EndpointSpec]| -> Vec<Option<String>> {
-                        specs.iter().map(|e| e.pd_group.clone()).collect()
-                    };
-                    let (dg, pg) = (
-                        groups(&compiled.endpoints),
-                        groups(&compiled.prefill_endpoints),
-                    );
-                    let dg: Vec<Option<&str>> = dg.iter().map(Option::as_deref).collect();
-                    let pg: Vec<Option<&str>> = pg.iter().map(Option::as_deref).collect();
+                    let dg = pd_groups(&compiled.endpoints);
+                    let pg = pd_groups(&compiled.prefill_endpoints);
                     schedule_pd(
                         &views,
                         &dg,
@@ -1018,6 +1011,11 @@ async fn proxy(
             policy.attempts + 1
         )),
     )
+}
+
+/// Each endpoint's PD group, borrowed from the compiled configuration.
+fn pd_groups(specs: &[crate::config::EndpointSpec]) -> Vec<Option<&str>> {
+    specs.iter().map(|e| e.pd_group.as_deref()).collect()
 }
 
 /// What the scheduler sees of one endpoint for this request.
