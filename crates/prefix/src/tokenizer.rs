@@ -145,6 +145,15 @@ impl PromptTokenizer {
         self.fast.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
+    /// Whether the fast path also merges BPE pieces itself (on ids, without the model's
+    /// strings and locked word cache), or why pieces go to the model.
+    pub fn own_merges(&self) -> Result<(), &str> {
+        match &self.fast {
+            Ok(fast) => fast.own_merges(),
+            Err(why) => Err(why),
+        }
+    }
+
     /// Token ids currently held by the segment cache (0 without one).
     pub fn cached_tokens(&self) -> usize {
         self.cache
@@ -501,11 +510,12 @@ mod tests {
     fn the_byte_level_fast_path_equals_the_full_pipeline() {
         let whole = engine_tokenizer();
         assert_eq!(whole.fast_path(), Ok(()));
+        assert_eq!(whole.own_merges(), Ok(()));
         // Every class the GPT-2 pattern tells apart: letters of all kinds (Lu, Ll, Lt, Lm,
         // Lo), numbers (Nd in several scripts, Nl, No), marks, symbols, punctuation,
         // contractions and their look-alikes, and whitespace of every kind in runs of every
         // length, next to letters, digits, punctuation and the end of the text.
-        const POOL: [&str; 40] = [
+        const POOL: [&str; 52] = [
             " ",
             "  ",
             "   ",
@@ -546,6 +556,18 @@ mod tests {
             "\u{200b}",
             "\u{feff}",
             "x",
+            "\x0b",
+            "\x0c",
+            "\x1f",
+            "\0",
+            "!'s",
+            "''",
+            "' s",
+            "a'",
+            "abc123",
+            "x'd'",
+            "'ve",
+            "zzzzqqqqxxxxjjjjvvvvkkkkzzzzqqqqxxxxjjjjvvvvkkkkzzzzqqqqxxxxjjjjvvvvkkkkzzzzqqqqxxxxjjjjvvvvkkkkzzzzqqqqxxxxjjjjvvvvkkkkzzzzqqqqxxxxjjjjvvvvkkkk",
         ];
         let cached = engine_tokenizer().with_segment_cache(1 << 20);
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -556,7 +578,7 @@ mod tests {
             x % n
         };
         for _ in 0..3000 {
-            let text: String = (0..next(16)).map(|_| POOL[next(40) as usize]).collect();
+            let text: String = (0..next(16)).map(|_| POOL[next(52) as usize]).collect();
             assert_eq!(
                 cached.encode_cached(&text).unwrap().ids,
                 whole.encode(&text).unwrap(),
@@ -564,7 +586,7 @@ mod tests {
             );
         }
         // And one long prompt, as the router sees them.
-        let long: String = (0..20_000).map(|_| POOL[next(40) as usize]).collect();
+        let long: String = (0..20_000).map(|_| POOL[next(52) as usize]).collect();
         assert_eq!(
             cached.encode_cached(&long).unwrap().ids,
             whole.encode(&long).unwrap()

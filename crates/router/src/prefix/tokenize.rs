@@ -256,6 +256,7 @@ impl Tokenizers {
                         cache_tokens = self.cache_tokens,
                         cached_per_message = %yes_or_why(t.segmenting()),
                         byte_level_fast_path = %yes_or_why(t.fast_path()),
+                        own_bpe_merges = %yes_or_why(t.own_merges()),
                         "tokenizer loaded"
                     );
                     Some(Arc::new(t))
