@@ -7,9 +7,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
+use super::pool::UpstreamBody;
 use super::record::RequestRecord;
 use super::sse::{usage_of_json, SseScanner};
 use crate::endpoints::outlier::OutlierPolicy;
@@ -33,7 +34,7 @@ pub enum RelayMode {
 
 /// The upstream body in flight.
 pub struct Relay {
-    upstream: Incoming,
+    upstream: UpstreamBody,
     mode: RelayMode,
     record: RequestRecord,
     idle_timeout: Duration,
@@ -47,7 +48,7 @@ pub struct Relay {
 impl Relay {
     /// Relays `upstream`; `record` is finished when the body ends or is dropped.
     pub fn new(
-        upstream: Incoming,
+        upstream: UpstreamBody,
         mode: RelayMode,
         record: RequestRecord,
         idle_timeout: Duration,

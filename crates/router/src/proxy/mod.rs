@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client;
 pub mod pd;
+pub mod pool;
 mod record;
 pub mod request;
 pub mod sse;
@@ -1061,7 +1062,7 @@ fn note_failure(state: &AppState, endpoint: &crate::endpoints::EndpointState, se
 fn relay(
     state: &AppState,
     mut record: RequestRecord,
-    resp: Response<Incoming>,
+    resp: Response<pool::UpstreamBody>,
     kind: ApiKind,
     injected_usage: bool,
 ) -> Response<RouterBody> {

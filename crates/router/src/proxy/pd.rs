@@ -21,7 +21,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use serde_json::{Map, Value};
 
-use super::client::HttpClient;
+use super::client::UpstreamClient;
 use crate::config::pd::{BootstrapPort, PdConnector};
 use crate::config::UpstreamProtocol;
 use crate::endpoints::EndpointState;
@@ -145,7 +145,7 @@ impl PrefillFailure {
 /// One prefill request, ready to send.
 pub struct PrefillLeg {
     /// The pooled client for the server's upstream protocol.
-    pub client: HttpClient,
+    pub client: UpstreamClient,
     /// The prefill endpoint.
     pub endpoint: std::sync::Arc<EndpointState>,
     /// The client's path (the legs go to the same API).
