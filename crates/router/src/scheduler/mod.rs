@@ -243,6 +243,7 @@ pub(crate) fn score(
                     &candidates,
                     &prefix,
                     p.name == PluginKind::KvEvents,
+                    profile.prefix_cache.affinity_slack,
                 ),
                 None => vec![0.0; candidates.len()],
             },

@@ -186,6 +186,7 @@ pub(super) fn prefix_cache(
     candidates: &[usize],
     request: &PrefixRequest,
     precise: bool,
+    slack: f64,
 ) -> Vec<f64> {
     let total = request.total_blocks;
     if total == 0 {
@@ -203,13 +204,14 @@ pub(super) fn prefix_cache(
             let queued = e.pending_prefill_tokens as f64;
             let pending = queued + others * uncached;
             cold = cold.min(queued + others * prompt + prompt);
-            (cached, pending + uncached)
+            let credit = slack * (prompt - uncached);
+            (cached, pending + uncached - credit)
         })
         .collect();
     parts
         .into_iter()
-        .map(|(cached, wait)| {
-            if cached > 0 && wait <= cold {
+        .map(|(cached, credited_wait)| {
+            if cached > 0 && credited_wait <= cold {
                 f64::from(cached) / f64::from(total)
             } else {
                 0.0

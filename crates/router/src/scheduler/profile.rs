@@ -183,6 +183,13 @@ pub struct PrefixCacheArgs {
     /// before the engine's events confirm them (bursts of one prefix stay together).
     #[serde(default = "default_predict_window")]
     pub predict_window: String,
+    /// How sticky a warm prefix is: an endpoint keeps its affinity score while its expected
+    /// wait is at most the cold alternative's plus `affinitySlack ×` the prompt tokens its
+    /// cache saves. The default 0 spills as soon as the warm queue is slower for this one
+    /// request; 1 also charges the spill for the prefix it recomputes (and duplicates in KV)
+    /// on the cold endpoint, work that delays everything queued behind it there.
+    #[serde(default = "default_affinity_slack")]
+    pub affinity_slack: f64,
 }
 
 fn default_block_size() -> usize {
@@ -200,6 +207,9 @@ fn default_events_stale_after() -> String {
 fn default_predict_window() -> String {
     "2s".into()
 }
+fn default_affinity_slack() -> f64 {
+    0.0
+}
 
 impl Default for PrefixCacheArgs {
     fn default() -> Self {
@@ -209,6 +219,7 @@ impl Default for PrefixCacheArgs {
             max_blocks: default_max_blocks(),
             events_stale_after: default_events_stale_after(),
             predict_window: default_predict_window(),
+            affinity_slack: default_affinity_slack(),
         }
     }
 }
@@ -331,6 +342,12 @@ impl SchedulerProfile {
         }
         if pc.max_blocks == 0 {
             return Err("prefixCache.maxBlocks must be positive".into());
+        }
+        if !(pc.affinity_slack.is_finite() && (0.0..=1000.0).contains(&pc.affinity_slack)) {
+            return Err(format!(
+                "prefixCache.affinitySlack must be between 0 and 1000, got {}",
+                pc.affinity_slack
+            ));
         }
         for (field, v) in [
             ("eventsStaleAfter", &pc.events_stale_after),

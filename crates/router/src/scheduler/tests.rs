@@ -470,13 +470,15 @@ fn requests_that_are_only_decoding_do_not_push_a_prefix_off_its_warm_endpoint() 
     }
 }
 
-#[test]
-fn release_valve_engages_under_a_hot_prefix() {
-    // Every request shares the prefix. Simulate a burst: each decision is recorded in the
-    // snapshot (the chosen endpoint gets the request's uncached work in flight and the
-    // prefix) and the next request is scheduled against it. Affinity must keep the prefix on
-    // the warm endpoint while that is faster, then spill once its queue outweighs the cache.
+/// Replays a burst of one hot prefix (4352-token prompts, 256 of their 272 blocks shared) against
+/// four endpoints, only `e0` warm at first. Each decision is recorded in the next snapshot: the
+/// chosen endpoint gets the request's uncached work in flight and the prefix. Returns the
+/// first spill (request number, warm endpoint's queued tokens then) and the final in-flight
+/// counts.
+fn hot_prefix_burst(slack: f64) -> (Option<(u64, u64)>, [u32; 4]) {
     let names = ["e0", "e1", "e2", "e3"];
+    let mut profile = prefix_profile(PluginKind::PrefixCache);
+    profile.prefix_cache.affinity_slack = slack;
     let mut in_flight = [0u32; 4];
     let mut tokens = [0u64; 4];
     let mut cached = [256u32, 0, 0, 0];
@@ -485,21 +487,16 @@ fn release_valve_engages_under_a_hot_prefix() {
         let views: Vec<EndpointView> = (0..4)
             .map(|i| with_load(names[i], in_flight[i], tokens[i], cached[i]))
             .collect();
-        let d = schedule(
-            &views,
-            &prefix_profile(PluginKind::PrefixCache),
-            &prefix_req(n),
-        )
-        .unwrap();
-        let i = d.index;
+        let i = schedule(&views, &profile, &prefix_req(n)).unwrap().index;
         if i != 0 && first_spill.is_none() {
             first_spill = Some((n, tokens[0]));
-            // The valve: the warm endpoint's wait now exceeds sending the request cold.
+            // The valve: the warm endpoint's wait now exceeds sending the request cold plus
+            // the slack's charge for recomputing the 4096 cached tokens elsewhere.
             let warm_wait = tokens[0] + (4352 - 256 * 16);
             let cold_wait = (1..4).map(|j| tokens[j] + 4352).min().unwrap();
             assert!(
-                warm_wait > cold_wait,
-                "spilled at {warm_wait} vs {cold_wait}"
+                warm_wait as f64 > cold_wait as f64 + slack * 4096.0,
+                "slack {slack}: spilled at {warm_wait} vs {cold_wait}"
             );
         }
         let uncached = 4352 - u64::from(cached[i]) * 16;
@@ -507,22 +504,44 @@ fn release_valve_engages_under_a_hot_prefix() {
         tokens[i] += uncached + 128;
         cached[i] = 256;
     }
-    let (n, warm_tokens) = first_spill.expect("a hot prefix must spill to other endpoints");
+    (first_spill, in_flight)
+}
+
+#[test]
+fn release_valve_engages_under_a_hot_prefix() {
+    // Affinity must keep the prefix on the warm endpoint while that is faster, then spill once
+    // its queue outweighs the cache, for the greedy valve and the default slack alike.
+    for slack in [SchedulerProfile::default().prefix_cache.affinity_slack, 1.0] {
+        let (first_spill, in_flight) = hot_prefix_burst(slack);
+        let (n, warm_tokens) =
+            first_spill.unwrap_or_else(|| panic!("slack {slack}: a hot prefix must spill"));
+        assert!(
+            n >= 5,
+            "slack {slack}: affinity held for a while first (spilled at request {n})"
+        );
+        assert!(
+            warm_tokens >= 4096,
+            "slack {slack}: spilled only once the queue outweighed the cache"
+        );
+        // After warming up, every endpoint takes a share: no hot spot.
+        let max = *in_flight.iter().max().unwrap();
+        let min = *in_flight.iter().min().unwrap();
+        assert!(min > 0, "slack {slack}: {in_flight:?}");
+        assert!(
+            max <= 2 * min + 12,
+            "slack {slack}: balanced within the valve's slack: {in_flight:?}"
+        );
+    }
+}
+
+#[test]
+fn affinity_slack_holds_a_warm_prefix_longer() {
+    let (greedy, _) = hot_prefix_burst(0.0);
+    let (sticky, _) = hot_prefix_burst(2.0);
+    let (greedy, sticky) = (greedy.unwrap(), sticky.unwrap());
     assert!(
-        n >= 5,
-        "affinity held for a while first (spilled at request {n})"
-    );
-    assert!(
-        warm_tokens >= 4096,
-        "spilled only once the queue outweighed the cache"
-    );
-    // After warming up, every endpoint takes a share: no hot spot.
-    let max = *in_flight.iter().max().unwrap();
-    let min = *in_flight.iter().min().unwrap();
-    assert!(min > 0, "{in_flight:?}");
-    assert!(
-        max <= 2 * min + 12,
-        "balanced within the valve's slack: {in_flight:?}"
+        sticky.0 > greedy.0 && sticky.1 > greedy.1,
+        "slack 2 spills later than slack 0: {sticky:?} vs {greedy:?}"
     );
 }
 
