@@ -134,6 +134,9 @@ struct RoutingArgs {
     /// Weight of the prefix / KV-event scorer next to least-request's 1.
     #[arg(long)]
     prefix_weight: Option<f64>,
+    /// `prefixCache.affinitySlack` of the cache-aware policies (default: the router's).
+    #[arg(long)]
+    affinity_slack: Option<f64>,
     /// Groups per scenario.
     #[arg(long)]
     groups: Option<usize>,
@@ -184,6 +187,7 @@ async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
     s.request_rate = a.request_rate.unwrap_or(s.request_rate);
     s.prefix_fraction = a.prefix_fraction.unwrap_or(s.prefix_fraction);
     s.prefix_weight = a.prefix_weight.unwrap_or(s.prefix_weight);
+    s.affinity_slack = a.affinity_slack.or(s.affinity_slack);
     s.seed = a.seed.unwrap_or(s.seed);
     for sc in &mut s.scenarios {
         sc.shape.groups = a.groups.unwrap_or(sc.shape.groups);

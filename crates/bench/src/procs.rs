@@ -84,6 +84,13 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Whether the process has not exited yet (reaps it when it has).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -255,9 +255,13 @@ async fn run_section(
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .context("start nginx")?;
-            let p = Proc::wrap(child, listen);
+            let p = NginxGuard {
+                proc: Proc::wrap(child, listen),
+                bin: nginx.clone(),
+                dir: dir.clone(),
+            };
             wait_listening(listen).await?;
-            targets.push(("nginx".into(), listen, p.pid()));
+            targets.push(("nginx".into(), listen, p.proc.pid()));
             Some(p)
         }
         None => None,
@@ -480,4 +484,33 @@ workers; for `direct`, the upstream) per request in the peak phase, which a busy
         }
     }
     out
+}
+
+/// nginx, stopped through its master process when dropped: killing the master outright (as
+/// [`Proc`] does) leaves its workers running.
+struct NginxGuard {
+    proc: Proc,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        // `-s stop` signals the master from its pid file; it stops the workers, then exits.
+        let _ = Command::new(&self.bin)
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .args(["-s", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.proc.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }

@@ -106,9 +106,18 @@ impl Policy {
     }
 
     /// The router's scheduler profile (YAML) for this policy.
-    pub fn profile(self, prefix_weight: f64, capacity_blocks: usize) -> String {
+    /// `affinity_slack` overrides the router's default `prefixCache.affinitySlack`.
+    pub fn profile(
+        self,
+        prefix_weight: f64,
+        capacity_blocks: usize,
+        affinity_slack: Option<f64>,
+    ) -> String {
+        let slack = affinity_slack
+            .map(|v| format!(", affinitySlack: {v}"))
+            .unwrap_or_default();
         let cache = format!(
-            "prefixCache: {{blockSize: {BLOCK_SIZE}, capacityBlocks: {capacity_blocks}}}\n"
+            "prefixCache: {{blockSize: {BLOCK_SIZE}, capacityBlocks: {capacity_blocks}{slack}}}\n"
         );
         match self {
             Policy::Random | Policy::Oracle => "plugins: [{name: random, weight: 1}]\n".into(),
@@ -185,6 +194,8 @@ pub struct Settings {
     pub prefix_fraction: f64,
     /// Weight of the prefix/KV-event scorer next to least-request (weight 1).
     pub prefix_weight: f64,
+    /// `prefixCache.affinitySlack` of the cache-aware profiles; `None` keeps the router's default.
+    pub affinity_slack: Option<f64>,
     /// Workload and arrival seed.
     pub seed: u64,
     /// Scenarios, in order.
@@ -222,6 +233,7 @@ impl Settings {
             request_rate: 200.0,
             prefix_fraction: 0.5,
             prefix_weight: 2.0,
+            affinity_slack: None,
             seed: 1,
             scenarios: Scenario::all(long, short),
             policies: Policy::ALL.to_vec(),
@@ -436,7 +448,8 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
             let dir = scratch.join(format!("{}-{}", scenario.name, policy.name()));
             std::fs::create_dir_all(&dir)?;
             let t = Instant::now();
-            let profile = policy.profile(settings.prefix_weight, kv_blocks);
+            let profile =
+                policy.profile(settings.prefix_weight, kv_blocks, settings.affinity_slack);
             let workload = Workload {
                 requests: &requests,
                 kv_blocks,
