@@ -365,7 +365,6 @@ async fn scrape_once(
         .parse()
         .map_err(|e| format!("bad uri: {e}"))?;
     let req = hyper::Request::get(uri)
-        .header(hyper::header::HOST, address.to_string())
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let fetch = async {

@@ -22,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use crate::config::matching::RequestFacts;
 use crate::config::pd::{PdConnector, PdSettings};
 use crate::config::table::{ResolveError, RoundRobinPositions, RoutingTable, ServerRuntime};
-use crate::config::{CompiledConfig, UpstreamProtocol};
+use crate::config::CompiledConfig;
 use crate::endpoints::outlier::OutlierPolicy;
 use crate::endpoints::EndpointRegistry;
 use crate::endpoints::EndpointState;
@@ -903,11 +903,7 @@ async fn proxy(
         let mut upstream_req = Request::new(Full::new(try_body));
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
-        if compiled.upstream == UpstreamProtocol::Http1 {
-            if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
+        // HTTP/1.1's Host is set by the pool, from the URI's authority.
         *upstream_req.headers_mut() = headers;
 
         let in_flight = endpoint.begin(token_estimate, prefill_estimate);

@@ -23,7 +23,6 @@ use serde_json::{Map, Value};
 
 use super::client::UpstreamClient;
 use crate::config::pd::{BootstrapPort, PdConnector};
-use crate::config::UpstreamProtocol;
 use crate::endpoints::EndpointState;
 
 /// SGLang bootstrap coordinates shared by both legs.
@@ -177,11 +176,6 @@ impl PrefillLeg {
         *req.uri_mut() = uri;
         let mut h = self.headers.clone();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        if endpoint.protocol == UpstreamProtocol::Http1 {
-            if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
-                h.insert(header::HOST, v);
-            }
-        }
         *req.headers_mut() = h;
 
         let exchange = async {

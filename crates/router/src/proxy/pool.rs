@@ -92,7 +92,8 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `req` (an absolute URI) on an idle connection to its authority, or a new one.
+    /// Sends `req` (an absolute URI) on an idle connection to its authority, or a new one,
+    /// with the authority as its Host header.
     pub async fn request(
         &self,
         mut req: Request<Full<Bytes>>,
@@ -108,10 +109,9 @@ impl Http1Pool {
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         *req.uri_mut() = origin;
-        if !req.headers().contains_key(HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(HOST, v);
-            }
+        // The engine is addressed by its endpoint authority, whatever Host the client sent.
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, v);
         }
         loop {
             let (mut sender, reused) = match self.checkout(&authority).await {
@@ -333,6 +333,10 @@ mod tests {
         (addr, accepted)
     }
 
+    fn pool() -> Http1Pool {
+        Http1Pool::new(Duration::from_secs(2), 16)
+    }
+
     fn get(addr: SocketAddr) -> Request<Full<Bytes>> {
         Request::get(format!("http://{addr}/v1/models"))
             .body(Full::new(Bytes::new()))
@@ -347,7 +351,7 @@ mod tests {
     #[tokio::test]
     async fn sequential_requests_reuse_one_connection() {
         let (addr, accepted) = server("hello", true).await;
-        let pool = Http1Pool::new(Duration::from_secs(2), 16);
+        let pool = pool();
         for _ in 0..50 {
             assert_eq!(read(pool.request(get(addr)).await.unwrap()).await, "hello");
         }
@@ -357,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_open_connections_and_keep_them() {
         let (addr, accepted) = server("hello", true).await;
-        let pool = Http1Pool::new(Duration::from_secs(2), 16);
+        let pool = pool();
         for _ in 0..5 {
             let responses: Vec<_> =
                 futures::future::join_all((0..8).map(|_| pool.request(get(addr)))).await;
@@ -373,7 +377,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_unread_does_not_return_its_connection() {
         let (addr, accepted) = server("a body nobody reads", true).await;
-        let pool = Http1Pool::new(Duration::from_secs(2), 16);
+        let pool = pool();
         let resp = pool.request(get(addr)).await.unwrap();
         drop(resp);
         assert_eq!(
@@ -386,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn connections_the_engine_closes_are_replaced() {
         let (addr, accepted) = server("once", false).await;
-        let pool = Http1Pool::new(Duration::from_secs(2), 16);
+        let pool = pool();
         for _ in 0..5 {
             assert_eq!(read(pool.request(get(addr)).await.unwrap()).await, "once");
         }
@@ -400,7 +404,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let pool = Http1Pool::new(Duration::from_secs(2), 16);
+        let pool = pool();
         let e = pool.request(get(addr)).await.unwrap_err();
         assert!(matches!(e, PoolError::Connect { .. }), "{e}");
         assert!(e.to_string().contains(&addr.to_string()), "{e}");
