@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use muster_api::networking::InferenceEngine;
 use serde::Serialize;
 
@@ -365,7 +365,7 @@ async fn scrape_once(
         .parse()
         .map_err(|e| format!("bad uri: {e}"))?;
     let req = hyper::Request::get(uri)
-        .body(Full::new(Bytes::new()))
+        .body(Bytes::new())
         .map_err(|e| e.to_string())?;
     let fetch = async {
         let resp = clients

@@ -54,13 +54,14 @@ impl UpstreamClient {
     /// Sends `req` (absolute URI) and returns the response head with its streaming body.
     pub async fn request(
         &self,
-        req: Request<Full<Bytes>>,
+        req: Request<Bytes>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self {
             UpstreamClient::Http1(pool) => Ok(pool.request(req).await?),
-            UpstreamClient::H2c(client) => {
-                Ok(client.request(req).await?.map(UpstreamBody::unpooled))
-            }
+            UpstreamClient::H2c(client) => Ok(client
+                .request(req.map(Full::new))
+                .await?
+                .map(UpstreamBody::unpooled)),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod client;
+pub mod h1;
 pub mod pd;
 pub mod pool;
 mod record;
@@ -14,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -900,7 +901,7 @@ async fn proxy(
         if try_body.len() != upstream_body.len() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(try_body.len()));
         }
-        let mut upstream_req = Request::new(Full::new(try_body));
+        let mut upstream_req = Request::new(try_body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         // HTTP/1.1's Host is set by the pool, from the URI's authority.

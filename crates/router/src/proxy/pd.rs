@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use serde_json::{Map, Value};
@@ -171,7 +171,7 @@ impl PrefillLeg {
         uri.authority = Some(endpoint.authority.clone());
         uri.path_and_query = Some(self.path.clone());
         let uri = Uri::from_parts(uri).map_err(|e| PrefillFailure::BadResponse(e.to_string()))?;
-        let mut req = Request::new(Full::new(self.body.clone()));
+        let mut req = Request::new(self.body.clone());
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
         let mut h = self.headers.clone();

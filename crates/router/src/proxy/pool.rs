@@ -1,16 +1,19 @@
-//! HTTP/1.1 keep-alive pool on hyper's connection API, one per worker thread.
+//! HTTP/1.1 keep-alive pool of [`h1`] connections, one per worker thread.
 //!
 //! hyper-util's legacy client costs a request more than the proxying itself: it locks a pool
 //! shared with every thread, keys it by scheme and authority, and for each response whose body
 //! is still streaming boxes and spawns a task that waits for the connection to turn idle before
 //! putting it back. Here a worker thread's idle connections sit in a map keyed by authority,
 //! newest last (a steady load keeps reusing the same few warm connections); the request task
-//! takes one out, and the response body puts it back when it has been read to the end. A body
-//! dropped early (the client went away) or failed closes its connection instead, since hyper
-//! cannot reuse a connection with an unread response on it.
+//! takes one out, drives it itself (no connection task), and the response body puts it back
+//! when it has been read to the end. A body dropped early (the client went away) or failed
+//! closes its connection instead.
 //!
-//! A request that a reused connection hands back unsent (the engine closed it while idle) is
-//! sent again on a new connection; that is always safe, nothing reached the engine.
+//! An engine may close a connection while it sits idle (uvicorn, under vLLM, after 5 s). Such
+//! connections are noticed at checkout, from the socket's readiness. A request that still
+//! races the close, failing on a reused connection before any byte of a response came back,
+//! is sent once more on a new connection: the engine closed the connection instead of reading
+//! the request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,17 +23,13 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderValue, HOST};
 use hyper::http::uri::Authority;
-use hyper::{Request, Response, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response};
 use tokio::net::TcpSocket;
 
-/// The sending half of one upstream connection.
-type Sender = SendRequest<Full<Bytes>>;
+use super::body::BoxError;
+use super::h1::{self, Conn, H1Body, H1Error};
 
 /// How long a connection may sit idle in the pool before it is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -57,7 +56,7 @@ struct Shared {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -77,7 +76,7 @@ pub enum PoolError {
     NoAuthority(String),
     /// The connection failed while sending the request or reading the response head.
     #[error(transparent)]
-    Http(#[from] hyper::Error),
+    Http(#[from] H1Error),
 }
 
 impl Http1Pool {
@@ -94,78 +93,60 @@ impl Http1Pool {
 
     /// Sends `req` (an absolute URI) on an idle connection to its authority, or a new one,
     /// with the authority as its Host header.
-    pub async fn request(
-        &self,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamBody>, PoolError> {
-        let authority = req
-            .uri()
+    pub async fn request(&self, req: Request<Bytes>) -> Result<Response<UpstreamBody>, PoolError> {
+        let (parts, body) = req.into_parts();
+        let authority = parts
+            .uri
             .authority()
             .cloned()
-            .ok_or_else(|| PoolError::NoAuthority(req.uri().to_string()))?;
-        // HTTP/1.1 to an origin server: the request line carries the path only.
-        let origin = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-        *req.uri_mut() = origin;
-        // The engine is addressed by its endpoint authority, whatever Host the client sent.
-        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(HOST, v);
-        }
+            .ok_or_else(|| PoolError::NoAuthority(parts.uri.to_string()))?;
+        // HTTP/1.1 to an origin server: the request line carries the path only, and the
+        // engine is addressed by its endpoint authority, whatever Host the client sent.
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = h1::encode_request(
+            &parts.method,
+            path,
+            authority.as_str(),
+            &parts.headers,
+            body.len(),
+        );
+        let (conn, reused) = match self.checkout(&authority) {
+            Some(c) => (c, true),
+            None => (self.connect(&authority).await?, false),
+        };
+        let resp = match conn.send(&parts.method, &head, &body).await {
+            Err(e) if reused && e.closed_without_response() => {
+                let conn = self.connect(&authority).await?;
+                conn.send(&parts.method, &head, &body).await?
+            }
+            other => other?,
+        };
+        let (parts, body) = resp.into_parts();
+        let mut body = UpstreamBody {
+            inner: Inner::Pooled {
+                body,
+                pool: self.shared.clone(),
+                authority,
+            },
+        };
+        body.release_if_done();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The newest idle connection to `authority` that is still open.
+    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        let mut map = self.shared.idle.lock().expect("pool lock");
+        let list = map.get_mut(authority)?;
         loop {
-            let (mut sender, reused) = match self.checkout(&authority).await {
-                Some(s) => (s, true),
-                None => (self.connect(&authority).await?, false),
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    let mut body = UpstreamBody {
-                        inner: body,
-                        lease: Some(Lease {
-                            sender,
-                            authority,
-                            pool: self.shared.clone(),
-                        }),
-                    };
-                    if body.inner.is_end_stream() {
-                        body.release();
-                    }
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Handed back unsent by a connection the engine closed while it was idle.
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(PoolError::Http(e.into_error())),
-                },
+            let mut entry = list.pop()?;
+            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
+                return Some(entry.conn);
             }
         }
     }
 
-    /// The newest idle connection to `authority` that is still open, once it is ready.
-    async fn checkout(&self, authority: &Authority) -> Option<Sender> {
-        loop {
-            let mut idle = {
-                let mut map = self.shared.idle.lock().expect("pool lock");
-                let list = map.get_mut(authority)?;
-                loop {
-                    let entry = list.pop()?;
-                    if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
-                        break entry;
-                    }
-                }
-            };
-            // A body read to its end returns the connection a moment before hyper has
-            // finished with the response; that is a wake-up away.
-            if idle.sender.is_ready() || idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
-            }
-        }
-    }
-
-    /// A new connection to `authority`, its I/O driven by a task on this thread's runtime.
-    async fn connect(&self, authority: &Authority) -> Result<Sender, PoolError> {
+    /// A new connection to `authority`.
+    async fn connect(&self, authority: &Authority) -> Result<Conn, PoolError> {
         let failed = |message: String| PoolError::Connect {
             authority: authority.to_string(),
             message,
@@ -185,13 +166,7 @@ impl Http1Pool {
             .await
             .map_err(|_| failed(format!("timed out after {:?}", self.shared.connect_timeout)))?
             .map_err(|e| failed(e.to_string()))?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 }
 
@@ -213,28 +188,18 @@ async fn resolve(authority: &Authority) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host} resolves to no address"))
 }
 
-/// A connection lent to one response.
-struct Lease {
-    sender: Sender,
-    authority: Authority,
-    pool: Arc<Shared>,
-}
-
-impl Lease {
-    /// Puts the connection back as idle, dropping connections idle for too long on the way.
-    fn give_back(self) {
+impl Shared {
+    /// Puts a connection back as idle, dropping connections idle for too long on the way.
+    fn give_back(&self, authority: Authority, conn: Conn) {
         let now = Instant::now();
-        let mut map = self.pool.idle.lock().expect("pool lock");
-        let list = map.entry(self.authority).or_default();
+        let mut map = self.idle.lock().expect("pool lock");
+        let list = map.entry(authority).or_default();
         // Oldest first (connections are pushed and popped at the end), so the expired ones
         // are a prefix.
         let expired = list.partition_point(|e| now.duration_since(e.since) >= IDLE_TIMEOUT);
         list.drain(..expired);
-        if list.len() < self.pool.max_idle_per_host {
-            list.push(Idle {
-                sender: self.sender,
-                since: now,
-            });
+        if list.len() < self.max_idle_per_host {
+            list.push(Idle { conn, since: now });
         }
     }
 }
@@ -242,14 +207,24 @@ impl Lease {
 /// An upstream response body; when it came from the pool, reading it to the end returns its
 /// connection.
 pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// On a pooled HTTP/1.1 connection.
+    Pooled {
+        body: H1Body,
+        pool: Arc<Shared>,
+        authority: Authority,
+    },
+    /// An HTTP/2 stream (its connection is shared, nothing to return).
+    Stream(Incoming),
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("pooled", &self.lease.is_some())
+            .field("pooled", &matches!(self.inner, Inner::Pooled { .. }))
             .finish()
     }
 }
@@ -257,42 +232,60 @@ impl std::fmt::Debug for UpstreamBody {
 impl UpstreamBody {
     /// A body that returns no connection (HTTP/2 streams share theirs).
     pub fn unpooled(inner: Incoming) -> Self {
-        UpstreamBody { inner, lease: None }
+        UpstreamBody {
+            inner: Inner::Stream(inner),
+        }
     }
 
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.give_back();
+    fn release_if_done(&mut self) {
+        if let Inner::Pooled {
+            body,
+            pool,
+            authority,
+        } = &mut self.inner
+        {
+            if let Some(conn) = body.take_reusable() {
+                pool.give_back(authority.clone(), conn);
+            }
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => this.release(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
-            // A failed body leaves the connection unusable: dropping the lease closes it.
-            Some(Err(_)) => this.lease = None,
-            Some(Ok(_)) => {}
+        let frame = match &mut this.inner {
+            Inner::Pooled { body, .. } => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from))
+            }
+            Inner::Stream(s) => {
+                ready!(Pin::new(s).poll_frame(cx)).map(|f| f.map_err(BoxError::from))
+            }
+        };
+        if !matches!(frame, Some(Err(_))) {
+            this.release_if_done();
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Pooled { body, .. } => body.is_done(),
+            Inner::Stream(s) => s.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Pooled { body, .. } => body.size_hint(),
+            Inner::Stream(s) => s.size_hint(),
+        }
     }
 }
 
@@ -300,8 +293,9 @@ impl Body for UpstreamBody {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -337,9 +331,9 @@ mod tests {
         Http1Pool::new(Duration::from_secs(2), 16)
     }
 
-    fn get(addr: SocketAddr) -> Request<Full<Bytes>> {
+    fn get(addr: SocketAddr) -> Request<Bytes> {
         Request::get(format!("http://{addr}/v1/models"))
-            .body(Full::new(Bytes::new()))
+            .body(Bytes::new())
             .unwrap()
     }
 
