@@ -8,7 +8,6 @@
 //! text is `TIMESTAMP  INFO muster_router::access: request key=value …` with strings quoted.
 //! `RUST_LOG` still decides whether the target is on.
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -52,51 +51,87 @@ pub fn emit(fields: &[(&str, Field<'_>)]) {
     crate::logging::queue_line(line);
 }
 
+// The helpers below push bytes directly: `write!` goes through `core::fmt`'s dynamic
+// dispatch per argument, which made formatting the line cost more than parsing the request.
+
+/// `s` as a JSON string: copied as is when nothing in it needs escaping (the common case),
+/// else through serde_json.
 fn quoted(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// `n` in decimal.
+fn number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `n` in decimal, zero-padded to the width of `out`.
+fn padded(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+fn boolean(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
 /// The line for `fields` at `now`, ending in a newline.
 pub fn format_line(out: &mut Vec<u8>, now: SystemTime, json: bool, fields: &[(&str, Field<'_>)]) {
     let mut ts = [0u8; 27];
     timestamp(now, &mut ts);
-    let ts = std::str::from_utf8(&ts).expect("ASCII");
     if json {
-        let _ = write!(
-            out,
-            "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\""
-        );
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        out.extend_from_slice(&ts);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\"");
         for (k, v) in fields {
             out.push(b',');
             quoted(out, k);
             out.push(b':');
             match v {
                 Field::Str(s) => quoted(out, s),
-                Field::U64(n) | Field::OptU64(Some(n)) => {
-                    let _ = write!(out, "{n}");
-                }
+                Field::U64(n) | Field::OptU64(Some(n)) => number(out, *n),
                 Field::OptU64(None) => out.extend_from_slice(b"null"),
-                Field::Bool(b) => {
-                    let _ = write!(out, "{b}");
-                }
+                Field::Bool(b) => boolean(out, *b),
             }
         }
-        let _ = writeln!(out, "}},\"target\":\"{TARGET}\"}}");
+        out.extend_from_slice(b"},\"target\":\"");
+        out.extend_from_slice(TARGET.as_bytes());
+        out.extend_from_slice(b"\"}\n");
     } else {
-        let _ = write!(out, "{ts}  INFO {TARGET}: request");
+        out.extend_from_slice(&ts);
+        out.extend_from_slice(b"  INFO ");
+        out.extend_from_slice(TARGET.as_bytes());
+        out.extend_from_slice(b": request");
         for (k, v) in fields {
+            if let Field::OptU64(None) = v {
+                continue;
+            }
+            out.push(b' ');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'=');
             match v {
-                Field::OptU64(None) => continue,
-                Field::Str(s) => {
-                    let _ = write!(out, " {k}=");
-                    quoted(out, s);
-                }
-                Field::U64(n) | Field::OptU64(Some(n)) => {
-                    let _ = write!(out, " {k}={n}");
-                }
-                Field::Bool(b) => {
-                    let _ = write!(out, " {k}={b}");
-                }
+                Field::Str(s) => quoted(out, s),
+                Field::U64(n) | Field::OptU64(Some(n)) => number(out, *n),
+                Field::OptU64(None) => {}
+                Field::Bool(b) => boolean(out, *b),
             }
         }
         out.push(b'\n');
@@ -118,15 +153,14 @@ fn timestamp(now: SystemTime, out: &mut [u8; 27]) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut w = &mut out[..];
-    let _ = write!(
-        w,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    *out = *b"0000-00-00T00:00:00.000000Z";
+    padded(&mut out[0..4], year as u64);
+    padded(&mut out[5..7], month as u64);
+    padded(&mut out[8..10], day as u64);
+    padded(&mut out[11..13], rem / 3600);
+    padded(&mut out[14..16], rem / 60 % 60);
+    padded(&mut out[17..19], rem % 60);
+    padded(&mut out[20..26], u64::from(d.subsec_micros()));
 }
 
 #[cfg(test)]
@@ -191,6 +225,22 @@ mod tests {
             line,
             "1970-01-01T00:00:00.000000Z  INFO muster_router::access: request request_id=\"abc\" \
              path=\"/v1/chat \\\"x\\\"\" status=200 prompt_tokens=7 completed=true\n"
+        );
+    }
+
+    #[test]
+    fn numbers_and_escapes_survive_the_fast_paths() {
+        let mut out = Vec::new();
+        number(&mut out, 0);
+        out.push(b' ');
+        number(&mut out, u64::MAX);
+        out.push(b' ');
+        quoted(&mut out, "plain/ascii-and-ünïcode");
+        out.push(b' ');
+        quoted(&mut out, "line\nbreak\t\"q\" \\");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 18446744073709551615 \"plain/ascii-and-ünïcode\" \"line\\nbreak\\t\\\"q\\\" \\\\\""
         );
     }
 }
