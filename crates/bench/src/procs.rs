@@ -135,14 +135,22 @@ pub fn find_nginx(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// An nginx configuration for a plain keep-alive reverse proxy to `upstream`, everything
-/// under `dir`.
+/// under `dir`. With `access_log`, nginx writes the standard `combined` line per request to
+/// `dir/access.log` through a 64 KiB buffer (its fastest logging; the router's log is batched
+/// too); without, it logs nothing.
 pub fn nginx_config(
     dir: &Path,
     listen: SocketAddr,
     upstream: SocketAddr,
     workers: usize,
+    access_log: bool,
 ) -> String {
     let d = dir.display();
+    let access_log = if access_log {
+        format!("access_log {d}/access.log combined buffer=64k flush=1s;")
+    } else {
+        "access_log off;".to_string()
+    };
     format!(
         r#"worker_processes {workers};
 daemon off;
@@ -151,7 +159,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; multi_accept on; }}
 http {{
-    access_log off;
+    {access_log}
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
