@@ -48,7 +48,7 @@ bench-controller:
 ## Every benchmark that exists so far (router overhead beside nginx, controller scale, topology placement, routing quality, solver).
 bench: bench-router-overhead bench-controller bench-topology bench-routing bench-solver
 
-## Router overhead vs direct and vs nginx on loopback (installs nginx if missing; ~6 minutes).
+## Router overhead vs direct and vs nginx on loopback (installs nginx if missing; ~10 minutes).
 bench-router-overhead:
 	bash hack/bench-router-overhead.sh
 
