@@ -284,7 +284,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|c| !c.is_empty())
-        .last()
+        .next_back()
     {
         // A transfer coding other than chunked last can only end with the connection.
         return Ok(if last.eq_ignore_ascii_case("chunked") {
