@@ -283,8 +283,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .next_back()
+        .rfind(|c| !c.is_empty())
     {
         // A transfer coding other than chunked last can only end with the connection.
         return Ok(if last.eq_ignore_ascii_case("chunked") {
