@@ -51,14 +51,158 @@ struct DeltaProbe<'a> {
     tool_calls: Option<IgnoredAny>,
 }
 
-/// Reads the usage of a whole (non-streaming) JSON response.
+/// Reads the usage of a whole (non-streaming) JSON response: the token counts in its top-level
+/// `usage` object (a count that is absent reads as 0; one that is not an unsigned integer, or a
+/// `usage` that is not an object, gives `None`).
+///
+/// Two short structural scans instead of a parse: back from the end of the body to the
+/// top-level `usage` key (OpenAI-style responses put it after the choices, so the generated
+/// text is never walked), then forward through that object for the two counts. Parsing the
+/// whole response with serde only to drop everything but this one field cost more than any
+/// other step of proxying a small completion, and grows with the length of the output.
 pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        usage: Option<Usage>,
+    let at = top_level_key_from_end(body, b"usage")?;
+    let [prompt_tokens, completion_tokens] = object_counts(
+        &body[skip_ws(body, at)..],
+        [b"prompt_tokens", b"completion_tokens"],
+    )?;
+    Some(Usage {
+        prompt_tokens,
+        completion_tokens,
+    })
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
     }
-    serde_json::from_slice::<Probe>(body).ok()?.usage
+    i
+}
+
+/// In the object that makes up `json` (up to whitespace), the offset just past the `:` that
+/// follows the top-level `key`, found scanning backwards from the end. Keys are compared as
+/// raw bytes (an escaped spelling of the key is not recognised).
+///
+/// Backwards, outside strings, every quote closes a string; its opening quote is the first
+/// earlier quote preceded by an even run of backslashes. Braces count the nesting; a string
+/// in an object is a key when a colon follows it (in an array `,` or `]` does, so arrays need
+/// no counting).
+fn top_level_key_from_end(json: &[u8], key: &[u8]) -> Option<usize> {
+    let mut i = json.len();
+    while i > 0 && json[i - 1].is_ascii_whitespace() {
+        i -= 1;
+    }
+    if i == 0 || json[i - 1] != b'}' {
+        return None;
+    }
+    let mut depth = 0u32;
+    while i > 0 {
+        i -= 1;
+        match json[i] {
+            b'"' => {
+                let open = opening_quote(json, i)?;
+                if depth == 1 && &json[open + 1..i] == key {
+                    let colon = skip_ws(json, i + 1);
+                    if json.get(colon) == Some(&b':') {
+                        return Some(colon + 1);
+                    }
+                }
+                i = open;
+            }
+            b'}' => depth += 1,
+            b'{' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Index of the quote that opens the string closed by the quote at `close`.
+fn opening_quote(json: &[u8], close: usize) -> Option<usize> {
+    let mut j = close;
+    loop {
+        j = json[..j].iter().rposition(|&b| b == b'"')?;
+        let backslashes = json[..j].iter().rev().take_while(|&&b| b == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(j);
+        }
+    }
+}
+
+/// The unsigned integers at the top-level `keys` (at most 31) of the object `json` starts with:
+/// 0 for a key that is absent, `None` when a value is not an unsigned integer or, unless every
+/// key was found first, when `json` is not a complete object.
+fn object_counts<const N: usize>(json: &[u8], keys: [&[u8]; N]) -> Option<[u64; N]> {
+    if json.first() != Some(&b'{') {
+        return None;
+    }
+    let mut counts = [0u64; N];
+    let (mut found, all) = (0u32, (1u32 << N) - 1);
+    let mut depth = 0u32;
+    let mut i = 0;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => {
+                let end = string_end(json, i + 1)?;
+                let name = &json[i + 1..end];
+                i = skip_ws(json, end + 1);
+                if depth == 1 && json.get(i) == Some(&b':') {
+                    if let Some(k) = keys.iter().position(|k| *k == name) {
+                        i = skip_ws(json, i + 1);
+                        counts[k] = unsigned(&json[i..])?;
+                        found |= 1 << k;
+                        if found == all {
+                            return Some(counts);
+                        }
+                    }
+                }
+                continue;
+            }
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(counts);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Index of the quote that closes the string whose contents start at `from`.
+fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(&b) = json.get(from) {
+        match b {
+            b'"' => return Some(from),
+            b'\\' => from += 2, // the byte after a backslash never closes the string
+            _ => from += 1,
+        }
+    }
+    None
+}
+
+/// The unsigned integer `json` starts with, if it is one and is followed by a delimiter.
+fn unsigned(json: &[u8]) -> Option<u64> {
+    let digits = json.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0
+        || !matches!(
+            json.get(digits),
+            Some(b',' | b'}' | b' ' | b'\t' | b'\r' | b'\n')
+        )
+    {
+        return None;
+    }
+    json[..digits].iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// What one pushed frame produced.
@@ -283,5 +427,105 @@ mod tests {
             4
         );
         assert_eq!(usage_of_json(b"not json"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the generated text and the fields around it, the scans read the same
+        /// usage as a full serde parse of the response.
+        #[test]
+        fn usage_scans_agree_with_a_full_parse(
+            text in ".*",
+            key in "[a-z_\\\\\"]{0,8}",
+            p in proptest::option::of(0u64..1_000_000),
+            c in proptest::option::of(proptest::num::u64::ANY),
+            nested in proptest::bool::ANY,
+            usage_first in proptest::bool::ANY,
+            pretty in proptest::bool::ANY,
+        ) {
+            let mut usage = serde_json::Map::new();
+            if let Some(p) = p {
+                usage.insert("prompt_tokens".into(), p.into());
+            }
+            usage.insert("prompt_tokens_details".into(), serde_json::json!({"cached_tokens": 1}));
+            if let Some(c) = c {
+                usage.insert("completion_tokens".into(), c.into());
+            }
+            let choice = if nested {
+                serde_json::json!({"text": text, key.clone(): text, "usage": {"prompt_tokens": 7}})
+            } else {
+                serde_json::json!({"text": text, key.clone(): [text, "usage"]})
+            };
+            // Written by hand: serde_json's map would sort the keys, and the order matters here.
+            let usage = ("usage".to_string(), serde_json::Value::Object(usage));
+            let mut top = vec![
+                ("id".to_string(), "cmpl-\"1\"".into()),
+                ("choices".to_string(), serde_json::json!([choice])),
+                (key, text.into()),
+            ];
+            if usage_first {
+                top.insert(0, usage);
+            } else {
+                top.push(usage);
+            }
+            let sep = if pretty { " \n  " } else { "" };
+            let fields: Vec<String> = top
+                .iter()
+                .map(|(k, v)| format!("{sep}{}:{sep}{v}", serde_json::Value::from(k.as_str())))
+                .collect();
+            let body = format!("{{{}{sep}}}{}", fields.join(","), if pretty { "\n" } else { "" });
+            let body = body.into_bytes();
+            #[derive(Deserialize)]
+            struct Probe {
+                usage: Option<Usage>,
+            }
+            let reference = serde_json::from_slice::<Probe>(&body).ok().and_then(|p| p.usage);
+            proptest::prop_assert_eq!(usage_of_json(&body), reference);
+        }
+    }
+
+    #[test]
+    fn usage_is_read_from_the_top_level_object_only() {
+        let usage = |json: &str| usage_of_json(json.as_bytes());
+        let u = |p, c| {
+            Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+            })
+        };
+        // The usual vLLM shape: usage after the choices, whose text may say anything.
+        let full = r#"{"id":"cmpl-1","choices":[{"text":"say \"usage\": {\"prompt_tokens\": 9}","usage":{"prompt_tokens":8}}],"usage" : {"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":3}}}"#;
+        assert_eq!(usage(full), u(5, 2));
+        // Nested `usage` keys, a `usage` string value and escaped quotes are not the key.
+        assert_eq!(
+            usage(r#"{"choices":[{"usage":{"prompt_tokens":1}}]}"#),
+            None
+        );
+        assert_eq!(usage(r#"{"a":"usage","b":["usage"]}"#), None);
+        assert_eq!(
+            usage(r#"{"a":"x\\","usage":{"completion_tokens":4}}"#),
+            u(0, 4)
+        );
+        assert_eq!(usage(r#"{"a":"\"usage\":{\"prompt_tokens\":1}"}"#), None);
+        // Absent, null, malformed or cut-off values, and bodies that are not an object.
+        assert_eq!(usage(r#"{"usage":null}"#), None);
+        assert_eq!(usage(r#"{"usage":{"prompt_tokens":"many"}}"#), None);
+        assert_eq!(usage(r#"{"usage":{"prompt_tokens":-1}}"#), None);
+        assert_eq!(usage(r#"{"usage":{"prompt_tokens":2.5}}"#), None);
+        assert_eq!(
+            usage(r#"{"usage":{"prompt_tokens":99999999999999999999}}"#),
+            None
+        );
+        assert_eq!(usage(r#"{"usage":[1,2]}"#), None);
+        assert_eq!(usage(r#"{"usage":{"prompt_tokens":3"#), None);
+        assert_eq!(usage(r#"{"choices":[}"#), None);
+        assert_eq!(usage(r#"["usage",{"usage":{"prompt_tokens":1}}]"#), None);
+        assert_eq!(usage(r#"{"a":"unterminated"#), None);
+        assert_eq!(usage(r#"{"a":"ends in an escape\"#), None);
+        assert_eq!(usage(""), None);
+        // Leading whitespace and a later key after usage are fine.
+        assert_eq!(
+            usage(" \n{\"usage\":{\"prompt_tokens\":6},\"z\":1}"),
+            u(6, 0)
+        );
     }
 }
