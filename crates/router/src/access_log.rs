@@ -57,12 +57,71 @@ pub fn emit(fields: &[(&str, Field<'_>)]) {
 /// `s` as a JSON string: copied as is when nothing in it needs escaping (the common case),
 /// else through serde_json.
 fn quoted(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if needs_escape(s.as_bytes()) {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    } else {
+        out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
-    } else {
-        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Whether `s` holds a control byte, `"` or `\\`, tested eight bytes at a time: a byte-wise
+/// test of every field made quoting the costliest part of the line.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    // Exact for "some byte of v is below n" when n <= 128 (the borrow trick: a byte below n
+    // borrows into its high bit, and `!v` keeps only bytes that had it clear).
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("chunks of 8"));
+        if below(v, 0x20)
+            | below(v ^ (ONES * u64::from(b'"')), 1)
+            | below(v ^ (ONES * u64::from(b'\\')), 1)
+            != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// `name=value` for a routing score, appended to `out` after a comma unless it is the first:
+/// the value rounded to 3 decimals, trailing zeros dropped (`1`, `0.25`, `0.333`). Written
+/// digit by digit: `core::fmt`'s float formatting made this one field cost a third of the line.
+pub fn push_score(out: &mut Vec<u8>, name: &str, value: f64) {
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    let milli = (value * 1000.0).round();
+    if !milli.is_finite() || milli.abs() >= 1e18 {
+        out.extend_from_slice(value.to_string().as_bytes());
+        return;
+    }
+    if milli < 0.0 {
+        out.push(b'-');
+    }
+    let milli = milli.abs() as u64;
+    number(out, milli / 1000);
+    let mut frac = milli % 1000;
+    if frac != 0 {
+        out.push(b'.');
+        let mut digits = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        let at = out.len();
+        out.resize(at + digits, b'0');
+        padded(&mut out[at..], frac);
     }
 }
 
@@ -177,6 +236,54 @@ mod tests {
             ("prompt_tokens", Field::OptU64(Some(7))),
             ("completed", Field::Bool(true)),
         ]
+    }
+
+    #[test]
+    fn quoting_escapes_exactly_what_json_needs() {
+        // Every byte position within and around a word, for each byte that must be escaped.
+        for bad in ['"', '\\', '\n', '\u{1}', '\u{1f}'] {
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut s: String = "abcdefghijklmnopqrst"[..len].into();
+                    s.insert(at, bad);
+                    let mut out = Vec::new();
+                    quoted(&mut out, &s);
+                    assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+                    assert!(needs_escape(s.as_bytes()), "{s:?}");
+                }
+            }
+        }
+        // Bytes just outside the escaped ranges, and multi-byte UTF-8, are copied as they are.
+        for s in [" ~!#[]{}", "\u{7f}é漢字🙂 space ", "0123456789abcdef!"] {
+            assert!(!needs_escape(s.as_bytes()), "{s:?}");
+            let mut out = Vec::new();
+            quoted(&mut out, s);
+            assert_eq!(out, format!("\"{s}\"").into_bytes());
+        }
+    }
+
+    #[test]
+    fn scores_are_rounded_to_three_decimals() {
+        let mut out = Vec::new();
+        for (name, v) in [
+            ("a", 1.0),
+            ("b", 0.0),
+            ("c", 0.25),
+            ("d", 1.0 / 3.0),
+            ("e", 0.0004),
+            ("f", 0.0996),
+            ("g", -0.5),
+            ("h", 12.3456),
+        ] {
+            push_score(&mut out, name, v);
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a=1,b=0,c=0.25,d=0.333,e=0,f=0.1,g=-0.5,h=12.346"
+        );
+        let mut out = Vec::new();
+        push_score(&mut out, "nan", f64::NAN);
+        assert_eq!(out, b"nan=NaN");
     }
 
     #[test]

@@ -196,15 +196,11 @@ impl Drop for RequestRecord {
             m.in_flight.dec();
         }
         if self.access_log && crate::access_log::enabled() {
-            let mut scores = String::with_capacity(64);
-            for (i, (k, s)) in self.scores.iter().enumerate() {
-                use std::fmt::Write as _;
-                // Shortest round-trip form of a value rounded to 3 decimals: exact-precision
-                // float formatting is surprisingly slow on a per-request path.
-                let rounded = (s * 1000.0).round() / 1000.0;
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(scores, "{sep}{}={rounded}", k.as_str());
+            let mut scores = Vec::with_capacity(64);
+            for (k, s) in &self.scores {
+                crate::access_log::push_score(&mut scores, k.as_str(), *s);
             }
+            let scores = String::from_utf8(scores).unwrap_or_default();
             use crate::access_log::{emit, Field};
             emit(&[
                 ("request_id", Field::Str(&self.request_id)),
