@@ -50,7 +50,10 @@ impl std::fmt::Debug for Http1Pool {
 }
 
 struct Shared {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// foldhash, not std's SipHash: `Authority` hashes byte by byte (it is case-insensitive),
+    /// and with SipHash the two lookups per request cost more than the pool's own work. The
+    /// keys are endpoint addresses from configuration, not client input.
+    idle: Mutex<HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     max_idle_per_host: usize,
 }
@@ -84,7 +87,7 @@ impl Http1Pool {
     pub fn new(connect_timeout: Duration, max_idle_per_host: usize) -> Self {
         Http1Pool {
             shared: Arc::new(Shared {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::default()),
                 connect_timeout,
                 max_idle_per_host,
             }),
