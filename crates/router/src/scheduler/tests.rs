@@ -511,7 +511,7 @@ fn hot_prefix_burst(slack: f64) -> (Option<(u64, u64)>, [u32; 4]) {
 fn release_valve_engages_under_a_hot_prefix() {
     // Affinity must keep the prefix on the warm endpoint while that is faster, then spill once
     // its queue outweighs the cache, for the greedy valve and the default slack alike.
-    for slack in [SchedulerProfile::default().prefix_cache.affinity_slack, 1.0] {
+    for slack in [0.0, SchedulerProfile::default().prefix_cache.affinity_slack] {
         let (first_spill, in_flight) = hot_prefix_burst(slack);
         let (n, warm_tokens) =
             first_spill.unwrap_or_else(|| panic!("slack {slack}: a hot prefix must spill"));
