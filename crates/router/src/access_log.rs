@@ -115,7 +115,7 @@ pub fn push_score(out: &mut Vec<u8>, name: &str, value: f64) {
     if frac != 0 {
         out.push(b'.');
         let mut digits = 3;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             digits -= 1;
         }
