@@ -3,8 +3,8 @@
 //! side by side in one run and printed as ratios.
 //!
 //! Two upstreams, each a section of the report:
-//! * the engine simulator at a huge `--time-scale` (zero modelled latency; its batching loop
-//!   and Tokio's 1 ms timer still add about a millisecond of jitter), and
+//! * the engine simulator at a huge `--time-scale` (zero modelled latency: its steps take
+//!   nanoseconds and skip Tokio's millisecond timer), and
 //! * a null engine (`muster-bench null-engine`) answering a canned completion at once, which
 //!   makes sub-millisecond overhead visible.
 //!
@@ -464,7 +464,7 @@ request against the nginx that logs, the others against the nginx that does not.
     for sec in &r.sections {
         let what = match sec.upstream.as_str() {
             "engine-sim" => format!(
-                "engine simulator at `--time-scale {}` (zero modelled latency; its step loop still waits on Tokio's 1 ms timer)",
+                "engine simulator at `--time-scale {}` (zero modelled latency)",
                 s.engine_time_scale
             ),
             "null-engine" => "null engine (canned completion, answered at once)".to_string(),

@@ -194,6 +194,9 @@ pub struct VirtualClock {
     scale: f64,
 }
 
+/// Waits shorter than this skip Tokio's millisecond timer (see [`VirtualClock::sleep_until`]).
+pub const TIMER_FLOOR: Duration = Duration::from_micros(20);
+
 impl VirtualClock {
     /// Virtual seconds since the engine started.
     pub fn now(&self) -> f64 {
@@ -206,8 +209,24 @@ impl VirtualClock {
     }
 
     /// Sleeps until virtual time `t`.
+    ///
+    /// Tokio's timer fires on 1 ms ticks and rounds every deadline up to the next one, so a
+    /// step that should take nanoseconds of real time (a huge `--time-scale`) took half a
+    /// millisecond on average, and "zero modelled latency" measured the timer. A wait shorter
+    /// than [`TIMER_FLOOR`] yields to the runtime until the deadline passes instead.
     pub async fn sleep_until(&self, t: f64) {
-        tokio::time::sleep_until(self.origin + self.real(t)).await;
+        let deadline = self.origin + self.real(t);
+        if deadline.saturating_duration_since(Instant::now()) >= TIMER_FLOOR {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        loop {
+            // At least one yield, so back-to-back instant steps never starve other tasks.
+            tokio::task::yield_now().await;
+            if Instant::now() >= deadline {
+                return;
+            }
+        }
     }
 }
 
