@@ -19,6 +19,15 @@ pub struct LeaderConfig {
     pub identity: String,
 }
 
+/// The server-side-apply field manager for one replica's lease writes. It must differ between
+/// replicas: taking a free lease is an Apply of `holderIdentity`, and only a *different*
+/// manager's Apply conflicts. With one shared manager two replicas starting together could both
+/// apply, both believe they lead, and the loser would exit at its next renewal, leaving no
+/// standby.
+fn field_manager(identity: &str) -> String {
+    format!("{}-lease-{identity}", muster_api::labels::FIELD_MANAGER)
+}
+
 /// Waits until this replica holds the lease. Returns a receiver that turns `false` if the
 /// lease is lost; the caller must stop acting then.
 pub async fn acquire(
@@ -34,7 +43,7 @@ pub async fn acquire(
             .with_identity(&config.identity)
             .with_duration(15)
             .with_grace(5)
-            .with_field_manager(muster_api::labels::FIELD_MANAGER)
+            .with_field_manager(field_manager(&config.identity))
             .build()
             .await;
         match built {
@@ -68,5 +77,16 @@ pub async fn lost(mut leader: tokio::sync::watch::Receiver<bool>) {
             warn!("lost leadership");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_write_the_lease_as_different_field_managers() {
+        assert_ne!(field_manager("replica-a"), field_manager("replica-b"));
+        assert!(field_manager("replica-a").starts_with(muster_api::labels::FIELD_MANAGER));
     }
 }

@@ -1,7 +1,7 @@
 //! Two `muster-controller` processes with `--leader-elect`: exactly one acts; killing it hands
 //! the work to the other.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -25,18 +25,30 @@ fn log_path(ns: &str, identity: &str) -> std::path::PathBuf {
 }
 
 fn start(ns: &str, identity: &str, port: u16) -> Replica {
+    // tracing writes to stdout: both streams go to the log, or a failure shows nothing.
     let log = std::fs::File::create(log_path(ns, identity)).expect("replica log");
+    let out = log.try_clone().expect("replica log");
     let child = Command::new(workspace_binary("muster-controller", "muster-controller"))
         .args(["--leader-elect", "--lease-namespace", ns, "--namespace", ns])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", kubeconfig_path())
         .env("POD_NAME", identity)
         .env("RUST_LOG", "info,kube_lease_manager=debug")
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(log)
         .spawn()
         .expect("start muster-controller");
     Replica(child)
+}
+
+/// Whether a replica still runs, or how it ended, for a failure message.
+fn state(replica: &mut Option<Replica>) -> String {
+    match replica.as_mut().map(|r| r.0.try_wait()) {
+        None => "killed by the test".into(),
+        Some(Ok(None)) => "running".into(),
+        Some(Ok(Some(status))) => format!("exited: {status}"),
+        Some(Err(e)) => format!("unknown: {e}"),
+    }
 }
 
 /// The tail of both replicas' logs, for a failure message.
@@ -105,7 +117,14 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         || async { Ok(holder(&ns).await.filter(|h| *h != first)) },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&ns.name)));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nreplica-a {}, replica-b {}\n{}",
+            state(&mut a),
+            state(&mut b),
+            logs(&ns.name)
+        )
+    });
     assert_ne!(second, first);
     doc["metadata"]["name"] = json!("qwen-second");
     ns.create(&doc).await.unwrap();
