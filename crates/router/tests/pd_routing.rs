@@ -1,7 +1,8 @@
 //! Prefill/decode routing against real `muster-engine-sim` processes in prefill and decode
 //! roles: NIXL pairs stay inside their PD group and answer like one engine, a decoder that
 //! would prefill only a short suffix serves alone, SGLang bootstrap legs meet in one room, and
-//! the per-decoder admission queue bounds prefills in flight and times out cleanly.
+//! the per-decoder admission queue bounds prefills in flight and times out cleanly, and a failed
+//! SGLang prefill leg fails its pair over instead of leaving the decoder waiting.
 
 mod common;
 
@@ -454,5 +455,86 @@ async fn a_dead_prefill_engine_costs_a_retry_on_another_pair_not_the_request() {
             &["outcome=\"connect_error\""]
         ) >= 1.0,
         "the dead engine was tried and counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sglang_prefill_leg_fails_the_pair_over_instead_of_leaving_the_decoder_waiting() {
+    // Decoders wait for their room practically forever, so a decode leg whose prefill failed
+    // would hang until the router's per-try timeout (300 s) unless the router drops it.
+    let args = [
+        "--time-scale",
+        "50",
+        "--engine",
+        "sglang",
+        "--bootstrap-timeout",
+        "1000000",
+    ];
+    let broken: Vec<&str> = args.iter().copied().chain(["--error-rate", "1"]).collect();
+    let engines = [
+        engine("prefill", &broken),
+        engine("decode", &args),
+        engine("prefill", &args),
+        engine("decode", &args),
+    ];
+    let eps = [
+        (engines[0].addr, "p-a", "prefill", "a"),
+        (engines[1].addr, "d-a", "decode", "a"),
+        (engines[2].addr, "p-b", "prefill", "b"),
+        (engines[3].addr, "d-b", "decode", "b"),
+    ];
+    let router = Router::start(
+        &pd_config(
+            "SGLang",
+            "http",
+            &eps,
+            &[
+                ("router.muster.dev/pd-min-uncached-tokens", "0"),
+                ("router.muster.dev/bootstrap-port", "workloadPort"),
+            ],
+        ),
+        &[],
+    )
+    .await;
+    let failed_legs = || async {
+        metric_sum(
+            &router.metrics().await,
+            "muster_router_pd_prefill_legs_total",
+            &["outcome=\"status_5xx\""],
+        )
+    };
+    // Pairs are chosen at random: send until group a's broken prefill has been tried.
+    let mut sent = 0;
+    while failed_legs().await == 0.0 {
+        assert!(sent < 30, "30 requests never picked group a");
+        let stream = sent % 2 == 0;
+        let body = chat("m", &prompt(900 + sent, 200), 4, stream);
+        let reply = async {
+            if stream {
+                let s =
+                    post_streamed(router.addr, "/v1/chat/completions", &[], &body, |_| {}).await;
+                assert_eq!(s.events().last().map(String::as_str), Some("[DONE]"));
+                (
+                    s.status,
+                    header_of(&s.headers, "x-muster-prefill-endpoint"),
+                    s.text(),
+                )
+            } else {
+                let r = post(router.addr, "/v1/chat/completions", &body).await;
+                let prefill = header(&r, "x-muster-prefill-endpoint").map(str::to_string);
+                (r.status, prefill, r.text())
+            }
+        };
+        let (status, prefill, text) = tokio::time::timeout(Duration::from_secs(30), reply)
+            .await
+            .unwrap_or_else(|_| panic!("request {sent} hung behind a failed prefill leg"));
+        assert_eq!(status, 200, "request {sent}: {text}");
+        assert_eq!(prefill.as_deref(), Some("p-b"), "request {sent}");
+        sent += 1;
+    }
+    // The decoder of the broken pair never finished a request: its legs were dropped.
+    assert_eq!(
+        engine_metric(engines[1].addr, "vllm:request_success_total").await,
+        0.0
     );
 }

@@ -375,23 +375,6 @@ struct Routed {
     pd: Option<&'static str>,
 }
 
-/// Aborts a background prefill leg unless detached (its decode leg answered).
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl AbortOnDrop {
-    fn detach(mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
-        }
-    }
-}
-
 /// The engine's own 4xx answer to a prefill leg, passed to the client unchanged.
 fn refused(mut record: RequestRecord, status: StatusCode, body: Bytes) -> Response<RouterBody> {
     record.status = status.as_u16();
@@ -768,7 +751,7 @@ async fn proxy(
 
         // PD: the prefill leg, bounded per decoder; its outcome decides the decode leg's body.
         let mut try_body = upstream_body.clone();
-        let mut prefill_task: Option<AbortOnDrop> = None;
+        let mut prefill_task: Option<pd::BootstrapTask> = None;
         if let (Some(pd), Some((prefill, prefill_cached)), Some(base)) =
             (pd_settings, &routed.prefill, &pd_base)
         {
@@ -826,19 +809,24 @@ async fn proxy(
                     fastrand::u64(..),
                 );
                 leg.body = pd::prefill_body(base, pd.connector, Some(&b));
-                let (metrics, label) = (state.metrics.clone(), server_label.clone());
-                let task =
-                    leg.spawn_bootstrap((permit, prefill_in_flight), move |outcome, took| {
-                        metrics
+                let (st, label, ep) = (state.clone(), server_label.clone(), prefill_ep.clone());
+                let task = leg.spawn_bootstrap(
+                    (permit, prefill_in_flight),
+                    move |outcome, took, failed| {
+                        st.metrics
                             .pd_prefill_legs
                             .with_label_values(&[&label, outcome])
                             .inc();
-                        metrics
+                        st.metrics
                             .pd_prefill_duration
                             .with_label_values(&[&label])
                             .observe(took.as_secs_f64());
-                    });
-                prefill_task = Some(AbortOnDrop(Some(task)));
+                        if failed {
+                            note_failure(&st, &ep, &label);
+                        }
+                    },
+                );
+                prefill_task = Some(task);
                 try_body = pd::decode_body(base, None, Some(&b));
             } else {
                 leg.body = pd::prefill_body(base, pd.connector, None);
@@ -908,8 +896,28 @@ async fn proxy(
         *upstream_req.headers_mut() = headers;
 
         let in_flight = endpoint.begin(token_estimate, prefill_estimate);
-        let result =
-            tokio::time::timeout(policy.per_try_timeout, client.request(upstream_req)).await;
+        let exchange = tokio::time::timeout(policy.per_try_timeout, client.request(upstream_req));
+        let result = match prefill_task.as_mut() {
+            None => exchange.await,
+            // A failed bootstrap prefill leaves the decoder waiting for KV that never comes:
+            // drop the decode leg and fail the pair over now, not at the decoder's timeout.
+            Some(leg) => tokio::select! {
+                r = exchange => r,
+                failure = leg.failure() => match failure {
+                    pd::PrefillFailure::Retriable { detail, .. } => {
+                        last_error = detail;
+                        drop(in_flight);
+                        continue;
+                    }
+                    pd::PrefillFailure::Refused { status, body } => {
+                        return refused(record, status, body);
+                    }
+                    pd::PrefillFailure::BadResponse(message) => {
+                        return reject(record, ApiError::bad_gateway(message));
+                    }
+                },
+            },
+        };
         let attempts_metric = |outcome: &str| {
             state
                 .metrics

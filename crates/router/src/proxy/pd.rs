@@ -224,28 +224,67 @@ impl PrefillLeg {
     }
 
     /// Runs a bootstrap leg to its end in the background, holding `held` (its decoder's
-    /// prefill slot, its in-flight count) until then; `done` gets the outcome and duration.
+    /// prefill slot, its in-flight count) until then; `done` gets the outcome, the duration and
+    /// whether the leg failed (for outlier accounting). The returned handle aborts the leg when
+    /// dropped, and tells the caller about a failure while it still waits for the decoder.
     pub fn spawn_bootstrap<H: Send + 'static>(
         self,
         held: H,
-        done: impl FnOnce(&'static str, Duration) + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+        done: impl FnOnce(&'static str, Duration, bool) + Send + 'static,
+    ) -> BootstrapTask {
+        let (report, failed) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
             let start = Instant::now();
             let result = self.run(PdConnector::Bootstrap).await;
-            let outcome = match &result {
+            drop(held);
+            match result {
                 Ok(_) => {
                     self.endpoint.record_success();
-                    "ok"
+                    done("ok", start.elapsed(), false);
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %self.endpoint.name, error = ?e, "bootstrap prefill leg failed");
-                    e.outcome()
+                    done(e.outcome(), start.elapsed(), true);
+                    // Nobody listens once the decoder has answered; that is fine.
+                    let _ = report.send(e);
                 }
-            };
-            drop(held);
-            done(outcome, start.elapsed());
-        })
+            }
+        });
+        BootstrapTask {
+            task: Some(task),
+            failed,
+        }
+    }
+}
+
+/// A bootstrap prefill leg running beside its decode leg.
+pub struct BootstrapTask {
+    task: Option<tokio::task::JoinHandle<()>>,
+    failed: tokio::sync::oneshot::Receiver<PrefillFailure>,
+}
+
+impl BootstrapTask {
+    /// Resolves when the leg fails; never resolves if it succeeds. The decoder waits for the
+    /// KV of a failed leg until its own bootstrap timeout, so the caller races this against
+    /// the decoder's answer and fails the pair over at once. Await it at most once.
+    pub async fn failure(&mut self) -> PrefillFailure {
+        match (&mut self.failed).await {
+            Ok(failure) => failure,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Lets the leg run to its end without this handle (the decoder answered).
+    pub fn detach(mut self) {
+        self.task.take();
+    }
+}
+
+impl Drop for BootstrapTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
