@@ -1,6 +1,6 @@
 //! Prefill/decode routing against real `muster-engine-sim` processes in prefill and decode
 //! roles: NIXL pairs stay inside their PD group and answer like one engine, a decoder that
-//! would prefill only a short suffix serves alone, SGLang bootstrap legs meet in one room, and
+//! would prefill only a short suffix serves alone, SGLang bootstrap legs meet in one room,
 //! the per-decoder admission queue bounds prefills in flight and times out cleanly, and a failed
 //! SGLang prefill leg fails its pair over instead of leaving the decoder waiting.
 
