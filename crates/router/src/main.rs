@@ -290,7 +290,10 @@ fn build_policy(
         .map_err(anyhow::Error::msg)
         .context("--rate-limit-scope")?;
     Ok(Arc::new(TrafficPolicy::new(
-        Authenticator::new(api_keys, jwt),
+        match api_keys {
+            None if cli.api_key_secrets => Authenticator::awaiting_keys(jwt),
+            keys => Authenticator::new(keys, jwt),
+        },
         RateLimitConfig {
             scopes,
             fail_mode: cli.redis_fail_mode,
@@ -383,7 +386,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(!keys.is_empty(), "{} holds no API keys", p.display());
             Some(keys)
         }
-        None if cli.api_key_secrets => Some(Default::default()),
         None => None,
     };
     let metrics = Arc::new(Metrics::new());

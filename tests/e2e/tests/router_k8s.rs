@@ -1,7 +1,8 @@
 //! The router in Kubernetes mode on the local control plane: a ModelServer selects kwok pods
 //! (loopback pod IPs) that one engine simulator serves from `0.0.0.0:<port>`; adding and
 //! removing pods changes the router's endpoints within seconds, and the router writes the
-//! counts and conditions to ModelServer/ModelRoute status.
+//! counts and conditions to ModelServer/ModelRoute status. API keys come from labelled Secrets
+//! and follow their edits.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -98,6 +99,17 @@ impl Drop for Proc {
 
 /// One HTTP/1.0 exchange (the server closes the connection, so no chunked decoding needed).
 fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    http_as(addr, None, method, path, body)
+}
+
+/// [`http`] with `Authorization: Bearer <key>` when `key` is given.
+fn http_as(
+    addr: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
     assert!(
         addr.ip().is_loopback(),
         "tests only talk to loopback, not {addr}"
@@ -105,9 +117,12 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u1
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -171,16 +186,9 @@ async fn server_counts(api: &Api<ModelServer>) -> anyhow::Result<Option<(i32, i3
     }))
 }
 
-#[tokio::test]
-async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
-    let ns = TestNamespace::new("router").await;
-    let client = ns.client.clone();
-    let pool = ns.name.clone();
-    let node = format!("{pool}-n0");
-    let mut nodes = TestNodes::new(client.clone());
-    nodes.add(&node, 8, &pool, &[]).await.unwrap();
-
-    // One simulator process plays every pod: it keys an engine by the local (pod) IP.
+/// One simulator process playing every pod (it keys an engine by the local, pod, IP), and a
+/// ModelServer and ModelRoute `llama` for `app=llama` pods on its port.
+async fn llama_backend(ns: &TestNamespace) -> (Proc, u16) {
     let sim = Proc::spawn(
         Command::new(binary("muster-engine-sim"))
             .args(["--listen", "0.0.0.0:0", "--time-scale", "50"])
@@ -188,7 +196,6 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
         &["LISTENING"],
     );
     let port = sim.addrs[0].port();
-
     ns.create(&json!({
         "apiVersion": "networking.muster.dev/v1alpha1", "kind": "ModelServer",
         "metadata": {"name": "llama"},
@@ -205,16 +212,21 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
     }))
     .await
     .expect("create ModelRoute");
+    (sim, port)
+}
 
+/// The router in Kubernetes mode for the test namespace, once `/readyz` says ready.
+async fn start_router(ns: &TestNamespace, extra: &[&str]) -> Proc {
     let router = Proc::spawn(
         Command::new(binary("muster-router"))
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--namespace", &ns.name, "--metrics-interval", "200ms"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "warn"),
         &["LISTENING", "ADMIN"],
     );
-    let (public, admin) = (router.addrs[0], router.addrs[1]);
+    let admin = router.addrs[1];
     wait_for(
         Duration::from_secs(30),
         "router ready after the first sync",
@@ -222,6 +234,21 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
     )
     .await
     .unwrap();
+    router
+}
+
+#[tokio::test]
+async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
+    let ns = TestNamespace::new("router").await;
+    let client = ns.client.clone();
+    let pool = ns.name.clone();
+    let node = format!("{pool}-n0");
+    let mut nodes = TestNodes::new(client.clone());
+    nodes.add(&node, 8, &pool, &[]).await.unwrap();
+
+    let (sim, port) = llama_backend(&ns).await;
+    let router = start_router(&ns, &[]).await;
+    let (public, admin) = (router.addrs[0], router.addrs[1]);
 
     // No pods yet: an honest 503, and status says why.
     let (status, body) = http(public, "POST", "/v1/chat/completions", Some(&chat()));
@@ -366,6 +393,102 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
             }
         },
     )
+    .await
+    .unwrap();
+}
+
+/// A Secret the router reads API keys from (when `labelled`).
+fn key_secret(name: &str, labelled: bool, data: Value) -> Value {
+    let labels = if labelled {
+        json!({"router.muster.dev/api-key": "true"})
+    } else {
+        json!({})
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "labels": labels},
+        "stringData": data
+    })
+}
+
+#[tokio::test]
+async fn api_keys_come_from_labelled_secrets_and_follow_their_edits() {
+    let ns = TestNamespace::new("router-keys").await;
+    let pool = ns.name.clone();
+    let node = format!("{pool}-n0");
+    let mut nodes = TestNodes::new(ns.client.clone());
+    nodes.add(&node, 8, &pool, &[]).await.unwrap();
+    let (_sim, _port) = llama_backend(&ns).await;
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("llama-0", &node, &pool))
+        .await
+        .unwrap();
+    for secret in [
+        key_secret(
+            "alice",
+            true,
+            json!({"key": "sk-alice", "tenant": "team-a", "models": "llama"}),
+        ),
+        key_secret("bob", true, json!({"key": "sk-bob", "models": "qwen"})),
+        key_secret("stray", false, json!({"key": "sk-stray"})),
+    ] {
+        ns.create(&secret).await.expect("create Secret");
+    }
+
+    let router = start_router(&ns, &["--api-key-secrets"]).await;
+    let (public, admin) = (router.addrs[0], router.addrs[1]);
+    wait_for(
+        Duration::from_secs(30),
+        "the pod as an endpoint",
+        || async move { Ok((router_endpoints(admin).len() == 1).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let ask = move |key: Option<&str>| {
+        http_as(public, key, "POST", "/v1/chat/completions", Some(&chat()))
+    };
+
+    // Ready means the keys are loaded: a good key works at once.
+    let (status, body) = ask(Some("sk-alice"));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask(None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Missing credentials"), "{body}");
+    let (status, body) = ask(Some("sk-stray"));
+    assert_eq!(
+        (status, body.contains("invalid_api_key")),
+        (401, true),
+        "unlabelled Secret: {body}"
+    );
+    let (status, body) = ask(Some("sk-bob"));
+    assert_eq!(status, 403, "a key for other models: {body}");
+
+    // Rotating the key in the Secret: the new key works and the old one stops, within seconds.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    secrets
+        .patch(
+            "alice",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"key": "sk-alice-2"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the rotated key", || async move {
+        Ok((ask(Some("sk-alice-2")).0 == 200).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(ask(Some("sk-alice")).0, 401, "the old key still works");
+
+    // Deleting the Secret revokes its key.
+    secrets
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the key revoked", || async move {
+        Ok((ask(Some("sk-alice-2")).0 == 401).then_some(()))
+    })
     .await
     .unwrap();
 }

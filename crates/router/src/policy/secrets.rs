@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -76,22 +76,24 @@ pub async fn watch(
     let mut stream = watcher(api, watcher::Config::default().labels(&label_selector))
         .default_backoff()
         .reflect(writer)
-        .map_ok(|_| ())
         .boxed();
-    let mut ready = false;
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            tracing::warn!(error = %e, "API-key Secret watch error; retrying");
-            continue;
-        }
-        if !ready {
-            ready = store.wait_until_ready().await.is_ok();
+    while let Some(event) = stream.next().await {
+        match event {
+            Err(e) => {
+                tracing::warn!(error = %e, "API-key Secret watch error; retrying");
+                continue;
+            }
+            // A (re)list is still arriving; the store swaps it in at InitDone.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+            }
         }
         let secrets = store.state();
         let (table, warnings) = table_from_secrets(secrets.iter().map(|s| s.as_ref()));
         for w in warnings {
             tracing::warn!("{w}");
         }
+        tracing::debug!(keys = table.len(), "API keys from Secrets");
         policy.auth.replace_keys(table);
     }
 }

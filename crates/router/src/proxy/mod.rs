@@ -170,7 +170,9 @@ impl AppState {
 
     /// Ready: configuration loaded and not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire)
+            && self.policy.auth.keys_loaded()
+            && !self.draining.load(Ordering::Acquire)
     }
 
     /// Starts draining: readiness fails so load balancers stop sending.
@@ -421,7 +423,7 @@ async fn proxy(
         return reject(
             record,
             ApiError::not_ready(
-                "The router has not loaded its configuration yet, or is shutting down.",
+                "The router has not loaded its configuration (or API keys) yet, or is shutting down.",
             ),
         );
     }
