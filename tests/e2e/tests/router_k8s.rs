@@ -246,7 +246,7 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
     let mut nodes = TestNodes::new(client.clone());
     nodes.add(&node, 8, &pool, &[]).await.unwrap();
 
-    let (sim, port) = llama_backend(&ns).await;
+    let (_sim, port) = llama_backend(&ns).await;
     let router = start_router(&ns, &[]).await;
     let (public, admin) = (router.addrs[0], router.addrs[1]);
 
