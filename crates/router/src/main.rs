@@ -191,7 +191,8 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// tokenizer.json for prefix-aware scheduling (repeatable): `MODEL=PATH` for one model
+    /// tokenizer.json for prefix-aware scheduling and exact prompt counts in token limits
+    /// (repeatable): `MODEL=PATH` for one model
     /// (served or public name), or a bare `PATH` for every model without its own. A
     /// ModelServer's `router.muster.dev/tokenizer` annotation takes precedence. Models
     /// without one are hashed as byte blocks.

@@ -440,6 +440,30 @@ async fn reservations_are_reconciled_with_actual_usage() {
 }
 
 #[tokio::test]
+async fn with_a_tokenizer_admission_charges_the_prompt_tokens_the_engine_reports() {
+    let sim = Sim::start(&["--time-scale", "50"]);
+    let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine-sim/assets/tokenizer.json");
+    let router = Router::start(
+        &limited_config(
+            vec![sim.addr],
+            Some("{inputTokensPerUnit: 10000, unit: day}"),
+        ),
+        &["--tokenizer", tokenizer.to_str().unwrap()],
+    )
+    .await;
+    let r = chat_as(router.addr, None, 4).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let charged = 10_000 - header_u64(&r, "x-ratelimit-remaining-tokens");
+    let actual = r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    // Without the tokenizer the charge is body bytes / 4 (see the test above).
+    assert_eq!(
+        charged, actual,
+        "charged on admission vs the engine's usage"
+    );
+}
+
+#[tokio::test]
 async fn global_limits_hold_across_two_routers_and_redis_failure_follows_the_mode() {
     let sim = Sim::start(&["--time-scale", "50"]);
     let mut redis = Redis::start();

@@ -25,7 +25,8 @@ pub struct ServerRuntime {
     pub prefill: Vec<Arc<EndpointState>>,
     /// Round-robin position, kept across reloads.
     pub round_robin: Arc<AtomicU64>,
-    /// The model's tokenizer for prefix scoring; `None`: byte blocks.
+    /// The model's tokenizer for prefix scoring and prompt counts; `None`: byte blocks and
+    /// bytes / 4 estimates.
     pub tokenizer: Option<Arc<PromptTokenizer>>,
 }
 
@@ -98,27 +99,26 @@ impl RoutingTable {
                         e.configure_prefix(args.capacity_blocks, args.events_stale_after());
                     }
                 }
-                // Loaded once per file; only servers that score prefixes need one.
-                let tokenizer = uses_prefix
-                    .then(|| {
-                        let mut models: Vec<&str> = Vec::new();
-                        if let Some(m) = &compiled.model_rewrite {
-                            models.push(m);
-                        }
-                        for routes in config.routes.values() {
-                            for r in routes {
-                                let targets_us = r
-                                    .rules
-                                    .iter()
-                                    .any(|rule| rule.targets.iter().any(|(k, _)| k == key));
-                                if targets_us && !models.contains(&r.model_name.as_str()) {
-                                    models.push(&r.model_name);
-                                }
+                // Loaded once per file, for every server with one configured: prefix scoring
+                // and token limits both count with it.
+                let tokenizer = {
+                    let mut models: Vec<&str> = Vec::new();
+                    if let Some(m) = &compiled.model_rewrite {
+                        models.push(m);
+                    }
+                    for routes in config.routes.values() {
+                        for r in routes {
+                            let targets_us = r
+                                .rules
+                                .iter()
+                                .any(|rule| rule.targets.iter().any(|(k, _)| k == key));
+                            if targets_us && !models.contains(&r.model_name.as_str()) {
+                                models.push(&r.model_name);
                             }
                         }
-                        tokenizers.resolve(compiled.tokenizer.as_deref(), &models)
-                    })
-                    .flatten();
+                    }
+                    tokenizers.resolve(compiled.tokenizer.as_deref(), &models)
+                };
                 let runtime = ServerRuntime {
                     compiled: compiled.clone(),
                     endpoints,

@@ -8,7 +8,7 @@ use muster_prefix::block_hash::HashContext;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};
 
-use super::tokenize::{prompt_of, request_blocks, RequestBlocks, TokenizeMode, Tokenizers};
+use super::tokenize::{prompt_of, request_blocks, Prompt, RequestBlocks, TokenizeMode, Tokenizers};
 use super::PrefixMatch;
 use crate::config::table::ServerRuntime;
 use crate::endpoints::EndpointState;
@@ -142,6 +142,29 @@ impl PrefixRuntime {
         self.cache_tokens[0].inc_by(c.hit_tokens);
         self.cache_tokens[1].inc_by(c.miss_tokens);
         Some(blocks)
+    }
+
+    /// The prompt's length in the model's tokens (what the engine will report as
+    /// `prompt_tokens`), when the server has a tokenizer; for token limits and fair queuing
+    /// when the profile does not cut the prompt into blocks anyway.
+    pub fn prompt_tokens(
+        &self,
+        server: &ServerRuntime,
+        kind: ApiKind,
+        body: &Map<String, Value>,
+    ) -> Option<u64> {
+        let tokenizer = server.tokenizer.as_deref()?;
+        match prompt_of(kind, body)? {
+            Prompt::Tokens(ids) => Some(ids.len() as u64),
+            Prompt::Text(text) => {
+                let e = tokenizer.encode_cached(&text).ok()?;
+                self.cache_segments[0].inc_by(e.cache.hit_segments);
+                self.cache_segments[1].inc_by(e.cache.miss_segments);
+                self.cache_tokens[0].inc_by(e.cache.hit_tokens);
+                self.cache_tokens[1].inc_by(e.cache.miss_tokens);
+                Some(e.ids.len() as u64)
+            }
+        }
     }
 
     /// How much of `blocks` `endpoint` holds, per the index the profile scores with.

@@ -520,8 +520,6 @@ async fn proxy(
     };
     let upstream_body = request::rewrite(&inspected, rewrite_to, inject_usage).unwrap_or(body);
     let token_estimate = upstream_body.len() as u64 / 4 + inspected.max_tokens.unwrap_or(256);
-    // Rate limits charge the prompt estimate and reserve `max_tokens` of output up front;
-    // the record reconciles both with the engine's usage when the response ends.
     let prompt_estimate = upstream_body.len() as u64 / 4;
     let output_reserve = inspected
         .max_tokens
@@ -555,6 +553,17 @@ async fn proxy(
     let prompt_tokens = prefix_blocks
         .as_ref()
         .map_or(prompt_estimate, |b| b.prompt_tokens);
+    // Rate limits charge the prompt and reserve `max_tokens` of output up front; the record
+    // reconciles both with the engine's usage when the response ends. The prompt is counted
+    // by the model's tokenizer when there is one (exact), else estimated from its bytes.
+    let prompt_charge = match &prefix_blocks {
+        Some(b) => b.prompt_tokens,
+        None if rate_limit.is_some() || state.policy.queues.enabled() => state
+            .prefix
+            .prompt_tokens(&server, kind, &inspected.object)
+            .unwrap_or(prompt_estimate),
+        None => prompt_estimate,
+    };
     drop(inspected);
     record.policy = Some(RequestPolicy::new(identity.clone()));
     let mut limit_headers = Vec::new();
@@ -566,7 +575,7 @@ async fn proxy(
                 &limit_model,
                 limit,
                 &identity,
-                prompt_estimate,
+                prompt_charge,
                 output_reserve,
             )
             .await
@@ -582,7 +591,7 @@ async fn proxy(
         }
     }
     let queue_wait = if state.policy.queues.enabled() {
-        let cost = weighted_tokens(prompt_estimate, output_reserve);
+        let cost = weighted_tokens(prompt_charge, output_reserve);
         match state
             .policy
             .queues
