@@ -538,3 +538,43 @@ async fn a_failed_sglang_prefill_leg_fails_the_pair_over_instead_of_leaving_the_
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_inside_a_group_prefer_a_prefill_on_the_decoders_node() {
+    let fast = ["--time-scale", "50"];
+    let engines = [
+        engine("prefill", &fast),
+        engine("prefill", &fast),
+        engine("decode", &fast),
+    ];
+    let eps = [
+        (engines[0].addr, "p-far", "prefill", "a"),
+        (engines[1].addr, "p-near", "prefill", "a"),
+        (engines[2].addr, "d-a", "decode", "a"),
+    ];
+    let config = pd_config(
+        "vLLM",
+        "nixl",
+        &eps,
+        &[("router.muster.dev/pd-min-uncached-tokens", "0")],
+    )
+    .replace("name: p-far,", "name: p-far, node: n1,")
+    .replace("name: p-near,", "name: p-near, node: n2,")
+    .replace("name: d-a,", "name: d-a, node: n2,");
+    let router = Router::start(&config, &[]).await;
+    // Fresh prompts (no cache anywhere) one at a time (equal load): the node decides.
+    for i in 0..8 {
+        let r = post(
+            router.addr,
+            "/v1/chat/completions",
+            &chat("m", &prompt(700 + i, 100), 4, false),
+        )
+        .await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(
+            header(&r, "x-muster-prefill-endpoint"),
+            Some("p-near"),
+            "request {i}"
+        );
+    }
+}

@@ -264,6 +264,7 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
                 kv_events_port.map(|p| format!("tcp://{}", SocketAddr::new(e.address.ip(), p)))
             }),
             pd_group: pd.and_then(|pd| e.labels.get(&pd.group_key).cloned()),
+            node: e.node.clone(),
         };
         let list = match pd {
             Some(pd) => {

@@ -111,6 +111,7 @@ pub fn build_input(
                 ready: ip.is_some() && port != 0 && pod_is_ready(p),
                 labels,
                 kv_events: None,
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
             });
         }
         input.servers.push(ServerInput {

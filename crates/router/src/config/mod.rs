@@ -75,6 +75,9 @@ pub struct EndpointInput {
     /// The engine's KV-event ZMQ address (`tcp://ip:port`), when given explicitly
     /// (standalone `kvEvents`); otherwise derived from the server's annotation.
     pub kv_events: Option<String>,
+    /// The node it runs on (Kubernetes: the pod's `spec.nodeName`; standalone: `node`): PD
+    /// pairs prefer a prefill and a decoder on one node, where the KV moves fastest.
+    pub node: Option<String>,
 }
 
 /// A ModelServer as observed.
@@ -173,6 +176,8 @@ pub struct EndpointSpec {
     /// Its PD group (the value of the server's `pdGroup.groupKey` label); prefill and decode
     /// endpoints pair only within one group.
     pub pd_group: Option<String>,
+    /// Its node, when known ([`EndpointInput::node`]).
+    pub node: Option<String>,
 }
 
 /// A ModelServer ready for the proxy.

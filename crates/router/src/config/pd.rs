@@ -26,6 +26,13 @@ pub const PD_MIN_UNCACHED_TOKENS_ANNOTATION: &str = "router.muster.dev/pd-min-un
 /// SGLang), or `workloadPort` when they serve bootstrap on their HTTP port.
 pub const BOOTSTRAP_PORT_ANNOTATION: &str = "router.muster.dev/bootstrap-port";
 
+/// Score a pair gains when its prefill and decode endpoints share a node (like a plugin
+/// weight; 0 ignores placement).
+pub const PD_SAME_NODE_WEIGHT_ANNOTATION: &str = "router.muster.dev/pd-same-node-weight";
+
+/// Default [`PD_SAME_NODE_WEIGHT_ANNOTATION`]: as much as one plugin at full score.
+pub const DEFAULT_SAME_NODE_WEIGHT: f64 = 1.0;
+
 /// Default of [`MAX_PREFILL_PER_DECODE_ANNOTATION`].
 pub const DEFAULT_MAX_PREFILL_PER_DECODE: u32 = 8;
 /// Default of [`PD_MIN_UNCACHED_TOKENS_ANNOTATION`]: below this a decode engine computes the
@@ -73,6 +80,8 @@ pub struct PdSettings {
     pub min_uncached_tokens: u64,
     /// SGLang bootstrap port.
     pub bootstrap_port: BootstrapPort,
+    /// Added to a pair's score when both endpoints are on one node.
+    pub same_node_weight: f64,
     /// The server's profile without prefix scorers: how a decode endpoint is scored inside a
     /// pair (its cache does not matter there — the prefill side computes the prompt).
     #[serde(skip)]
@@ -165,8 +174,19 @@ pub fn settings(
             }
         },
     };
+    let same_node_weight = match annotations.get(PD_SAME_NODE_WEIGHT_ANNOTATION) {
+        None => DEFAULT_SAME_NODE_WEIGHT,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(w) if w.is_finite() && w >= 0.0 => w,
+            _ => {
+                bad(PD_SAME_NODE_WEIGHT_ANNOTATION, v, "expected a number ≥ 0");
+                DEFAULT_SAME_NODE_WEIGHT
+            }
+        },
+    };
     PdSettings {
         connector: connector_of(spec),
+        same_node_weight,
         max_prefill_per_decode,
         queue_timeout,
         min_uncached_tokens,
@@ -235,6 +255,7 @@ mod tests {
             (PREFILL_QUEUE_TIMEOUT_ANNOTATION, "1500ms"),
             (PD_MIN_UNCACHED_TOKENS_ANNOTATION, "0"),
             (BOOTSTRAP_PORT_ANNOTATION, "workloadPort"),
+            (PD_SAME_NODE_WEIGHT_ANNOTATION, "0.5"),
         ]);
         let s2 = settings(&s, &set, &profile, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
@@ -242,17 +263,21 @@ mod tests {
         assert_eq!(s2.queue_timeout, Duration::from_millis(1500));
         assert_eq!(s2.min_uncached_tokens, 0);
         assert_eq!(s2.bootstrap_port, BootstrapPort::WorkloadPort);
+        assert_eq!(s2.same_node_weight, 0.5);
 
         let bad = annotations(&[
             (MAX_PREFILL_PER_DECODE_ANNOTATION, "0"),
             (BOOTSTRAP_PORT_ANNOTATION, "http"),
+            (PD_SAME_NODE_WEIGHT_ANNOTATION, "-1"),
         ]);
         let s3 = settings(&s, &bad, &profile, &mut problems);
         assert_eq!(s3.max_prefill_per_decode, DEFAULT_MAX_PREFILL_PER_DECODE);
-        assert_eq!(problems.len(), 2);
+        assert_eq!(s3.same_node_weight, DEFAULT_SAME_NODE_WEIGHT);
+        assert_eq!(problems.len(), 3);
         assert!(
             problems[0].1.contains("max-prefill-per-decode") && problems[0].1.contains("\"0\"")
         );
         assert!(problems[1].1.contains("bootstrap-port"));
+        assert!(problems[2].1.contains("pd-same-node-weight") && problems[2].1.contains("\"-1\""));
     }
 }

@@ -132,6 +132,9 @@ pub enum StaticEndpoint {
         /// The engine's KV-event ZMQ PUB address, e.g. `tcp://127.0.0.1:5557`.
         #[serde(default, rename = "kvEvents")]
         kv_events: Option<String>,
+        /// The node it runs on (PD pairs prefer one node).
+        #[serde(default)]
+        node: Option<String>,
     },
 }
 
@@ -162,15 +165,16 @@ pub fn parse(text: &str) -> Result<(ConfigInput, Option<SchedulerProfile>), Stri
         let ns = s.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         let mut endpoints = Vec::new();
         for (j, e) in s.endpoints.into_iter().enumerate() {
-            let (address, name, ready, labels, kv_events) = match e {
-                StaticEndpoint::Short(a) => (a, None, true, BTreeMap::new(), None),
+            let (address, name, ready, labels, kv_events, node) = match e {
+                StaticEndpoint::Short(a) => (a, None, true, BTreeMap::new(), None, None),
                 StaticEndpoint::Long {
                     address,
                     name,
                     ready,
                     labels,
                     kv_events,
-                } => (address, name, ready, labels, kv_events),
+                    node,
+                } => (address, name, ready, labels, kv_events, node),
             };
             if let Some(k) = &kv_events {
                 if !k.starts_with("tcp://") {
@@ -187,6 +191,7 @@ pub fn parse(text: &str) -> Result<(ConfigInput, Option<SchedulerProfile>), Stri
                 ready,
                 labels,
                 kv_events,
+                node,
             });
         }
         input.servers.push(ServerInput {

@@ -682,6 +682,8 @@ async fn proxy(
                         .collect();
                     let dg = pd_groups(&compiled.endpoints);
                     let pg = pd_groups(&compiled.prefill_endpoints);
+                    let dn = nodes(&compiled.endpoints);
+                    let pn = nodes(&compiled.prefill_endpoints);
                     schedule_pd(
                         &views,
                         &dg,
@@ -696,6 +698,9 @@ async fn proxy(
                             min_uncached_tokens: pd.min_uncached_tokens,
                             precise,
                             prefill_exclude: &prefill_tried,
+                            decode_nodes: &dn,
+                            prefill_nodes: &pn,
+                            same_node_weight: pd.same_node_weight,
                         },
                     )
                     .map(|d| match d {
@@ -1028,6 +1033,11 @@ async fn proxy(
             policy.attempts + 1
         )),
     )
+}
+
+/// Each endpoint's node, borrowed from the compiled configuration.
+fn nodes(specs: &[crate::config::EndpointSpec]) -> Vec<Option<&str>> {
+    specs.iter().map(|e| e.node.as_deref()).collect()
 }
 
 /// Each endpoint's PD group, borrowed from the compiled configuration.

@@ -9,9 +9,9 @@
 //!    profile minus session affinity (its cache decides how much prefill is left, its load how
 //!    soon it starts), every decoder with the profile minus the prefix scorers (its load and
 //!    the session: the prompt arrives as KV, and a conversation stays on its decoder), and a
-//!    pair scores the sum. Pairs exist only inside one PD group
-//!    (the same ServingGroup), so KV never crosses a group's network boundary. The sum is
-//!    separable, so the best pair of a group is its best prefill plus its best decoder.
+//!    pair scores the sum, plus `same_node_weight` when both run on one node (the KV moves
+//!    over the node's own links rather than the network). Pairs exist only inside one PD group
+//!    (the same ServingGroup), so KV never crosses a group's network boundary.
 //! 3. No group has both roles: the decoder from step 1 serves alone.
 
 use std::collections::BTreeMap;
@@ -32,6 +32,12 @@ pub struct PdRequest<'a> {
     pub precise: bool,
     /// Prefill endpoints (indexes into the prefill snapshot) already tried.
     pub prefill_exclude: &'a [usize],
+    /// Each decode endpoint's node, when known (empty: none known).
+    pub decode_nodes: &'a [Option<&'a str>],
+    /// Each prefill endpoint's node, when known (empty: none known).
+    pub prefill_nodes: &'a [Option<&'a str>],
+    /// Added to the score of a pair on one node.
+    pub same_node_weight: f64,
 }
 
 /// Why a request is served by a decoder alone.
@@ -111,7 +117,7 @@ fn offer(slot: &mut Option<Best>, score: f64, pos: usize, rng: &mut SplitMix64) 
 /// Chooses a pair, or a decoder alone (see the module docs). `*_groups[i]` is the PD group of
 /// endpoint `i` of that side; endpoints without one never pair.
 #[allow(clippy::too_many_arguments)]
-pub fn schedule_pd(
+pub fn schedule_pd<'a>(
     decode: &[EndpointView<'_>],
     decode_groups: &[Option<&str>],
     prefill: &[EndpointView<'_>],
@@ -120,7 +126,7 @@ pub fn schedule_pd(
     prefill_profile: &SchedulerProfile,
     decode_profile: &SchedulerProfile,
     request: &ScheduleRequest<'_>,
-    pd: &PdRequest<'_>,
+    pd: &PdRequest<'a>,
 ) -> Result<PdDecision, ScheduleError> {
     debug_assert_eq!(decode.len(), decode_groups.len());
     debug_assert_eq!(prefill.len(), prefill_groups.len());
@@ -153,41 +159,48 @@ pub fn schedule_pd(
     };
     let p = score(prefill, prefill_profile, &prefill_request, &mut rng)?;
     let d = score(decode, decode_profile, request, &mut rng)?;
-    // Per group: best prefill and best decoder. A BTreeMap keeps the order (and so the
-    // random draws) independent of hashing.
-    let mut groups: BTreeMap<&str, (Option<Best>, Option<Best>)> = BTreeMap::new();
+    // Per group: its prefill and decode candidates (positions in the scored lists). A
+    // BTreeMap keeps the order (and so the random draws) independent of hashing.
+    let mut groups: BTreeMap<&str, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
     for (pos, &i) in p.candidates.iter().enumerate() {
         if let Some(g) = prefill_groups[i] {
-            offer(
-                &mut groups.entry(g).or_default().0,
-                p.totals[pos],
-                pos,
-                &mut rng,
-            );
+            groups.entry(g).or_default().0.push(pos);
         }
     }
     for (pos, &i) in d.candidates.iter().enumerate() {
         if let Some(g) = decode_groups[i] {
             if let Some(entry) = groups.get_mut(g) {
-                offer(&mut entry.1, d.totals[pos], pos, &mut rng);
+                entry.1.push(pos);
             }
         }
     }
+    let node = |nodes: &[Option<&'a str>], i: usize| nodes.get(i).copied().flatten();
+    // Every pair of a group (groups are a few pods each), best score wins, ties at random.
     let mut best: Option<Best> = None;
-    let complete: Vec<(&str, Best, Best)> = groups
-        .into_iter()
-        .filter_map(|(g, (bp, bd))| Some((g, bp?, bd?)))
-        .collect();
-    for (k, (_, bp, bd)) in complete.iter().enumerate() {
-        offer(&mut best, bp.score + bd.score, k, &mut rng);
+    let mut pairs: Vec<(&str, usize, usize)> = Vec::new();
+    for (g, (ps, ds)) in &groups {
+        for &pp in ps {
+            let pn = node(pd.prefill_nodes, p.candidates[pp]);
+            for &dp in ds {
+                let same = pn.is_some() && pn == node(pd.decode_nodes, d.candidates[dp]);
+                let bonus = if same { pd.same_node_weight } else { 0.0 };
+                offer(
+                    &mut best,
+                    p.totals[pp] + d.totals[dp] + bonus,
+                    pairs.len(),
+                    &mut rng,
+                );
+                pairs.push((g, pp, dp));
+            }
+        }
     }
     let Some(best) = best else {
         return no_peer(alone);
     };
-    let (group, bp, bd) = complete[best.pos];
+    let (group, pp, dp) = pairs[best.pos];
     Ok(PdDecision::Pair {
-        prefill: p.decision(bp.pos),
-        decode: d.decision(bd.pos),
+        prefill: p.decision(pp),
+        decode: d.decision(dp),
         group: group.to_string(),
     })
 }
@@ -273,6 +286,7 @@ mod tests {
             min_uncached_tokens: min,
             precise: false,
             prefill_exclude: &[],
+            ..PdRequest::default()
         }
     }
 
@@ -356,6 +370,79 @@ mod tests {
             panic!("{d:?}")
         };
         assert_eq!((dd.index, group.as_str()), (1, "b"));
+    }
+
+    /// Pairs chosen over `seeds` for one group `a` with nodes, as (prefill, decode) indexes.
+    fn pairs_with_nodes(
+        prefill: &[EndpointView<'_>],
+        prefill_nodes: &[Option<&str>],
+        decode: &[EndpointView<'_>],
+        decode_nodes: &[Option<&str>],
+        same_node_weight: f64,
+        blocks: u32,
+    ) -> std::collections::BTreeSet<(usize, usize)> {
+        let whole = profile();
+        let (pg, dg) = (
+            vec![Some("a"); prefill.len()],
+            vec![Some("a"); decode.len()],
+        );
+        (0..64)
+            .map(|seed| {
+                let d = schedule_pd(
+                    decode,
+                    &dg,
+                    prefill,
+                    &pg,
+                    &whole,
+                    &whole.without(&[PluginKind::SessionAffinity]),
+                    &whole.without(&[PluginKind::PrefixCache, PluginKind::KvEvents]),
+                    &request(seed, blocks),
+                    &PdRequest {
+                        decode_nodes,
+                        prefill_nodes,
+                        same_node_weight,
+                        ..pd(0, blocks)
+                    },
+                )
+                .unwrap();
+                match d {
+                    PdDecision::Pair {
+                        prefill, decode, ..
+                    } => (prefill.index, decode.index),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pairs_prefer_one_node_unless_the_cache_says_otherwise() {
+        let prefill = [view("p0", 1, 0), view("p1", 1, 0)];
+        let decode = [view("d0", 1, 0), view("d1", 1, 0)];
+        let (pn, dn) = ([Some("n1"), Some("n2")], [Some("n2"), Some("n1")]);
+        // Equal scores: only the same-node pairs are ever chosen, both of them.
+        let chosen = pairs_with_nodes(&prefill, &pn, &decode, &dn, 1.0, 40);
+        assert_eq!(chosen, [(0, 1), (1, 0)].into());
+        // Placement ignored (weight 0, or nodes unknown): every pair is drawn.
+        assert_eq!(
+            pairs_with_nodes(&prefill, &pn, &decode, &dn, 0.0, 40).len(),
+            4
+        );
+        assert_eq!(
+            pairs_with_nodes(&prefill, &[], &decode, &[], 1.0, 40).len(),
+            4
+        );
+        // A prefill holding the whole prompt (prefix weight 2) outweighs the node bonus (1).
+        let warm = [view("p0", 1, 40), view("p1", 1, 0)];
+        let chosen = pairs_with_nodes(&warm, &pn, &decode, &dn, 1.0, 40);
+        assert_eq!(
+            chosen,
+            [(0, 1)].into(),
+            "warm p0, on its own node's decoder"
+        );
+        let (pn_apart, dn_apart) = ([Some("n1"), Some("n2")], [Some("n2"), Some("n2")]);
+        let chosen = pairs_with_nodes(&warm, &pn_apart, &decode, &dn_apart, 1.0, 40);
+        assert!(chosen.iter().all(|&(p, _)| p == 0), "{chosen:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn server(name: &str, yaml: &str, endpoints: &[(&str, &str, bool)]) -> ServerInp
                 ready: *ready,
                 labels: BTreeMap::new(),
                 kv_events: None,
+                node: None,
             })
             .collect(),
     }
