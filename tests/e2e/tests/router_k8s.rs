@@ -291,6 +291,17 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
     .await
     .unwrap();
     eprintln!("2 pods became endpoints {:?} after creation", t.elapsed());
+    // Each endpoint knows its pod's node (PD pairs prefer one node).
+    let (status, body) = http(admin, "GET", "/debug/config", None);
+    assert_eq!(status, 200, "{body}");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    let nodes: Vec<&str> = config["servers"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints in /debug/config")
+        .iter()
+        .map(|e| e["node"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(nodes, [node.as_str(), node.as_str()], "{body}");
     wait_for(
         Duration::from_secs(15),
         "ModelServer status 2/2 Ready",
