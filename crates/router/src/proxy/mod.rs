@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client;
 pub mod h1;
+mod json_scan;
 pub mod pd;
 pub mod pool;
 mod record;
@@ -518,7 +519,8 @@ async fn proxy(
     } else {
         compiled.model_rewrite.as_deref()
     };
-    let upstream_body = request::rewrite(&inspected, rewrite_to, inject_usage).unwrap_or(body);
+    let upstream_body =
+        request::rewrite(&inspected, &body, rewrite_to, inject_usage).unwrap_or(body);
     let token_estimate = upstream_body.len() as u64 / 4 + inspected.max_tokens.unwrap_or(256);
     let prompt_estimate = upstream_body.len() as u64 / 4;
     let output_reserve = inspected

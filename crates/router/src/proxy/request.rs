@@ -1,11 +1,12 @@
 //! Just enough understanding of a request body to route it: validate the JSON, read `model`,
 //! `stream`, `stream_options`, the session id, and make the two edits the router needs
-//! (`model` rewrite, usage injection). The body is re-serialised only when it was edited.
+//! (`model` rewrite, usage injection). Edits are spliced into the body's bytes.
 
 use bytes::Bytes;
 use hyper::header::HeaderMap;
 use serde_json::{Map, Value};
 
+use super::json_scan;
 use crate::errors::ApiError;
 use crate::scheduler::profile::SessionAffinityArgs;
 
@@ -130,15 +131,82 @@ pub fn session_id(
 }
 
 /// Applies the router's edits; `None` when the original bytes can go out unchanged.
-pub fn rewrite(inspected: &Inspected, model: Option<&str>, inject_usage: bool) -> Option<Bytes> {
+pub fn rewrite(
+    inspected: &Inspected,
+    body: &[u8],
+    model: Option<&str>,
+    inject_usage: bool,
+) -> Option<Bytes> {
     let rename = model.filter(|m| *m != inspected.model);
     if rename.is_none() && !inject_usage {
         return None;
     }
-    let object = edited_object(inspected, model, inject_usage);
-    Some(Bytes::from(
-        serde_json::to_vec(&Value::Object(object)).expect("a Value always serialises"),
-    ))
+    Some(
+        splice(inspected, body, rename, inject_usage).unwrap_or_else(|| {
+            let object = edited_object(inspected, model, inject_usage);
+            Bytes::from(
+                serde_json::to_vec(&Value::Object(object)).expect("a Value always serialises"),
+            )
+        }),
+    )
+}
+
+/// [`rewrite`]'s edits made on the bytes: every top-level `model` value replaced, every
+/// top-level `stream_options` value replaced by the edited one (or one appended), the rest
+/// copied as it came. Re-serialising the whole object instead cost a copy of the prompt and
+/// its escaping on every streamed request. Parses like [`edited_object`] (duplicate keys are
+/// all edited, so first-wins and last-wins parsers agree); `None` if the scan fails.
+fn splice(
+    inspected: &Inspected,
+    body: &[u8],
+    rename: Option<&str>,
+    inject_usage: bool,
+) -> Option<Bytes> {
+    let (open, members) = json_scan::object_members(body)?;
+    let mut edits: Vec<(std::ops::Range<usize>, Vec<u8>)> = Vec::new();
+    let mut replace_all = |key: &str, value: &[u8]| {
+        let before = edits.len();
+        for m in members
+            .iter()
+            .filter(|m| json_scan::key_is(&body[m.key.clone()], key))
+        {
+            edits.push((m.value.clone(), value.to_vec()));
+        }
+        edits.len() > before
+    };
+    if let Some(m) = rename {
+        let value = serde_json::to_vec(m).ok()?;
+        replace_all("model", &value);
+    }
+    if inject_usage {
+        let mut options = match inspected.object.get("stream_options") {
+            Some(Value::Object(o)) => o.clone(),
+            _ => Map::new(),
+        };
+        options.insert("include_usage".into(), Value::Bool(true));
+        let value = serde_json::to_vec(&Value::Object(options)).ok()?;
+        if !replace_all("stream_options", &value) {
+            let (at, comma) = match members.last() {
+                Some(m) => (m.value.end, &b","[..]),
+                None => (open + 1, &b""[..]),
+            };
+            let mut member = comma.to_vec();
+            member.extend_from_slice(br#""stream_options":"#);
+            member.extend_from_slice(&value);
+            edits.push((at..at, member));
+        }
+    }
+    edits.sort_by_key(|(span, _)| span.start);
+    let added: usize = edits.iter().map(|(_, v)| v.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + added);
+    let mut at = 0;
+    for (span, value) in edits {
+        out.extend_from_slice(&body[at..span.start]);
+        out.extend_from_slice(&value);
+        at = span.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    Some(Bytes::from(out))
 }
 
 /// The body object with the router's edits applied (see [`rewrite`]).
@@ -204,14 +272,106 @@ mod tests {
         let body = r#"{"model":"public","stream":true,"messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#;
         let i = inspect(body.as_bytes()).unwrap();
         assert!(i.stream && !i.client_wants_usage);
-        assert!(rewrite(&i, None, false).is_none());
-        assert!(rewrite(&i, Some("public"), false).is_none());
+        let raw = body.as_bytes();
+        assert!(rewrite(&i, raw, None, false).is_none());
+        assert!(rewrite(&i, raw, Some("public"), false).is_none());
         let out: Value =
-            serde_json::from_slice(&rewrite(&i, Some("served"), true).unwrap()).unwrap();
+            serde_json::from_slice(&rewrite(&i, raw, Some("served"), true).unwrap()).unwrap();
         assert_eq!(out["model"], "served");
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["temperature"], 0.5);
         assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    /// What the rewrite must parse to: the Value path's edited object.
+    fn expected(body: &str, model: Option<&str>, inject: bool) -> Value {
+        let i = inspect(body.as_bytes()).unwrap();
+        Value::Object(edited_object(&i, model, inject))
+    }
+
+    fn spliced(body: &str, model: Option<&str>, inject: bool) -> Option<Bytes> {
+        let i = inspect(body.as_bytes()).unwrap();
+        let rename = model.filter(|m| *m != i.model);
+        splice(&i, body.as_bytes(), rename, inject)
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    #[test]
+    fn splicing_keeps_the_bytes_it_does_not_edit() {
+        let body = r#"{ "model" : "public", "messages": [{"role":"user","content":"a \"model\": {}"}] ,"stream":true }"#;
+        let out = spliced(body, Some("served/\"x\""), true).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{ "model" : "served/\"x\"", "messages": [{"role":"user","content":"a \"model\": {}"}] ,"stream":true,"stream_options":{"include_usage":true} }"#
+        );
+        // An empty object, existing options, an escaped key, duplicate keys.
+        for (body, model) in [
+            (r#"{}"#, None),
+            (
+                r#"{"model":"m","stream_options":{"include_usage":false,"x":1}}"#,
+                None,
+            ),
+            (r#"{"model":"m","stream_options":null}"#, Some("n")),
+            (r#"{"mod\u0065l":"m","stream":true}"#, Some("n")),
+            (
+                r#"{"model":"a","model":"m","stream_options":{},"stream_options":{"y":2}}"#,
+                Some("n"),
+            ),
+        ] {
+            let Ok(i) = inspect(body.as_bytes()) else {
+                continue;
+            };
+            let out = splice(&i, body.as_bytes(), model.filter(|m| *m != i.model), true).unwrap();
+            let parsed: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(parsed, expected(body, model, true), "{body}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The splice parses to what re-serialising the edited object gives, for any object,
+        /// key order, whitespace and value shapes.
+        #[test]
+        fn splicing_parses_like_the_edited_object(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["messages", "stream_options", "temperature", "x\"y", "m\\"]),
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(Value::Null),
+                        proptest::num::i64::ANY.prop_map(Value::from),
+                        "[ -~]{0,12}".prop_map(Value::from),
+                        proptest::collection::vec("[a-z{}\\[\\]\",:]{0,6}", 0..3)
+                            .prop_map(Value::from),
+                        proptest::bool::ANY.prop_map(|b| serde_json::json!({"include_usage": b, "n": [1, {"k": "}"}]})),
+                    ],
+                ),
+                0..6,
+            ),
+            model in "[ -~]{1,10}",
+            rename in proptest::option::of("[ -~]{1,10}"),
+            pretty in proptest::bool::ANY,
+            inject in proptest::bool::ANY,
+        ) {
+            let mut object = Map::new();
+            object.insert("model".into(), Value::from(model));
+            for (k, v) in fields {
+                object.insert(k.to_string(), v);
+            }
+            let value = Value::Object(object);
+            let body = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            if let Ok(i) = inspect(body.as_bytes()) {
+                let name = rename.as_deref().filter(|m| *m != i.model);
+                if name.is_some() || inject {
+                    let out = splice(&i, body.as_bytes(), name, inject).expect("scan");
+                    let parsed: Value = serde_json::from_slice(&out).unwrap();
+                    proptest::prop_assert_eq!(parsed, expected(&body, rename.as_deref(), inject));
+                }
+            }
+        }
     }
 
     #[test]

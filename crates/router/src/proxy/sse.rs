@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use super::json_scan::{skip_ws, string_end};
+
 /// Token counts an engine reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -70,13 +72,6 @@ pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
         prompt_tokens,
         completion_tokens,
     })
-}
-
-fn skip_ws(json: &[u8], mut i: usize) -> usize {
-    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
-        i += 1;
-    }
-    i
 }
 
 /// In the object that makes up `json` (up to whitespace), the offset just past the `:` that
@@ -173,18 +168,6 @@ fn object_counts<const N: usize>(json: &[u8], keys: [&[u8]; N]) -> Option<[u64; 
             _ => {}
         }
         i += 1;
-    }
-    None
-}
-
-/// Index of the quote that closes the string whose contents start at `from`.
-fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
-    while let Some(&b) = json.get(from) {
-        match b {
-            b'"' => return Some(from),
-            b'\\' => from += 2, // the byte after a backslash never closes the string
-            _ => from += 1,
-        }
     }
     None
 }
