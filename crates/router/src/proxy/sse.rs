@@ -213,7 +213,7 @@ pub struct SseScanner {
 /// Length of the first complete event in `data` including its blank-line terminator.
 fn event_end(data: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while let Some(off) = data[i..].iter().position(|&b| b == b'\n') {
+    while let Some(off) = memchr::memchr(b'\n', &data[i..]) {
         let nl = i + off;
         match data.get(nl + 1) {
             Some(b'\n') => return Some(nl + 2),
@@ -239,15 +239,19 @@ impl SseScanner {
 
     /// Inspects one event; returns (keep it, it carried tokens).
     fn inspect(&mut self, event: &[u8]) -> (bool, bool) {
+        // The first `data:` line (multi-line data is rare for JSON chunks; the first line is
+        // enough to probe). Lines are found with memchr: this runs once per generated token.
         let mut payload: Option<&[u8]> = None;
-        for line in event.split(|&b| b == b'\n') {
+        let mut start = 0;
+        while start < event.len() {
+            let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |o| start + o);
+            let line = &event[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if let Some(rest) = line.strip_prefix(b"data:") {
-                // Multi-line data is rare for JSON chunks; the first line is enough to probe.
-                if payload.is_none() {
-                    payload = Some(rest.strip_prefix(b" ").unwrap_or(rest));
-                }
+                payload = Some(rest.strip_prefix(b" ").unwrap_or(rest));
+                break;
             }
+            start = end + 1;
         }
         let Some(payload) = payload else {
             return (true, false);
@@ -395,6 +399,22 @@ mod tests {
             assert_eq!(String::from_utf8(got).unwrap(), all, "cut at {cut}");
             assert!(s.done);
         }
+    }
+
+    #[test]
+    fn the_first_data_line_is_probed_after_other_fields() {
+        let mut s = SseScanner::new(false);
+        let ev = "id: 7\r\nevent: chunk\r\n: comment\r\ndata: {\"choices\":[{\"text\":\"hi\"}]}\r\ndata: ignored\r\n\r\n";
+        let pushed = s.push(Bytes::from(ev));
+        assert_eq!(pushed.forward.unwrap(), ev);
+        assert_eq!(pushed.token_events, 1);
+        // An event without data carries nothing, and a last line without a newline counts.
+        let pushed = s.push(Bytes::from("event: ping\n\n"));
+        assert_eq!(pushed.token_events, 0);
+        assert_eq!(
+            s.inspect(b"data: {\"choices\":[{\"text\":\"x\"}]}"),
+            (true, true)
+        );
     }
 
     #[test]
