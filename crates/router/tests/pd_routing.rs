@@ -75,12 +75,29 @@ struct TwoGroups {
 }
 
 async fn two_groups() -> TwoGroups {
-    let fast = ["--time-scale", "50"];
+    let fast: &[&str] = &["--time-scale", "50"];
+    start_two_groups(
+        [fast; 4],
+        "vLLM",
+        "nixl",
+        &[("router.muster.dev/pd-min-uncached-tokens", "0")],
+    )
+    .await
+}
+
+/// Groups `a` and `b` as in [`two_groups`], with each engine's arguments (in the order
+/// `p-a`, `d-a`, `p-b`, `d-b`) and the server's engine, connector and annotations.
+async fn start_two_groups(
+    args: [&[&str]; 4],
+    inference_engine: &str,
+    connector: &str,
+    annotations: &[(&str, &str)],
+) -> TwoGroups {
     let engines = [
-        engine("prefill", &fast),
-        engine("decode", &fast),
-        engine("prefill", &fast),
-        engine("decode", &fast),
+        engine("prefill", args[0]),
+        engine("decode", args[1]),
+        engine("prefill", args[2]),
+        engine("decode", args[3]),
     ];
     let eps = [
         (engines[0].addr, "p-a", "prefill", "a"),
@@ -89,12 +106,7 @@ async fn two_groups() -> TwoGroups {
         (engines[3].addr, "d-b", "decode", "b"),
     ];
     let router = Router::start(
-        &pd_config(
-            "vLLM",
-            "nixl",
-            &eps,
-            &[("router.muster.dev/pd-min-uncached-tokens", "0")],
-        ),
+        &pd_config(inference_engine, connector, &eps, annotations),
         &[],
     )
     .await;
@@ -471,29 +483,16 @@ async fn a_failed_sglang_prefill_leg_fails_the_pair_over_instead_of_leaving_the_
         "1000000",
     ];
     let broken: Vec<&str> = args.iter().copied().chain(["--error-rate", "1"]).collect();
-    let engines = [
-        engine("prefill", &broken),
-        engine("decode", &args),
-        engine("prefill", &args),
-        engine("decode", &args),
-    ];
-    let eps = [
-        (engines[0].addr, "p-a", "prefill", "a"),
-        (engines[1].addr, "d-a", "decode", "a"),
-        (engines[2].addr, "p-b", "prefill", "b"),
-        (engines[3].addr, "d-b", "decode", "b"),
-    ];
-    let router = Router::start(
-        &pd_config(
-            "SGLang",
-            "http",
-            &eps,
-            &[
-                ("router.muster.dev/pd-min-uncached-tokens", "0"),
-                ("router.muster.dev/bootstrap-port", "workloadPort"),
-            ],
-        ),
-        &[],
+    let TwoGroups {
+        engines, router, ..
+    } = start_two_groups(
+        [&broken, &args, &args, &args],
+        "SGLang",
+        "http",
+        &[
+            ("router.muster.dev/pd-min-uncached-tokens", "0"),
+            ("router.muster.dev/bootstrap-port", "workloadPort"),
+        ],
     )
     .await;
     let failed_legs = || async {

@@ -173,6 +173,17 @@ fn router_endpoints(admin: SocketAddr) -> Vec<String> {
     names
 }
 
+/// Waits until the router has `n` endpoints for the test's ModelServer.
+async fn wait_for_endpoints(admin: SocketAddr, n: usize, timeout: Duration) {
+    wait_for(
+        timeout,
+        &format!("{n} endpoints in the router"),
+        || async move { Ok((router_endpoints(admin).len() == n).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
 async fn server_counts(api: &Api<ModelServer>) -> anyhow::Result<Option<(i32, i32, String)>> {
     let s = api.get("llama").await?;
     Ok(s.status.map(|st| {
@@ -283,13 +294,7 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
         .unwrap();
     }
     let t = Instant::now();
-    wait_for(
-        Duration::from_secs(30),
-        "2 endpoints in the router",
-        || async move { Ok((router_endpoints(admin).len() == 2).then_some(())) },
-    )
-    .await
-    .unwrap();
+    wait_for_endpoints(admin, 2, Duration::from_secs(30)).await;
     eprintln!("2 pods became endpoints {:?} after creation", t.elapsed());
     // Each endpoint knows its pod's node (PD pairs prefer one node).
     let (status, body) = http(admin, "GET", "/debug/config", None);
@@ -355,11 +360,7 @@ async fn pods_come_and_go_as_endpoints_and_status_shows_the_counts() {
         .await
         .unwrap();
     let t = Instant::now();
-    wait_for(Duration::from_secs(15), "3 endpoints", || async move {
-        Ok((router_endpoints(admin).len() == 3).then_some(()))
-    })
-    .await
-    .unwrap();
+    wait_for_endpoints(admin, 3, Duration::from_secs(15)).await;
     let up = t.elapsed();
     wait_for(Duration::from_secs(15), "ModelServer status 3/3", || {
         let servers = servers.clone();
@@ -448,13 +449,7 @@ async fn api_keys_come_from_labelled_secrets_and_follow_their_edits() {
 
     let router = start_router(&ns, &["--api-key-secrets"]).await;
     let (public, admin) = (router.addrs[0], router.addrs[1]);
-    wait_for(
-        Duration::from_secs(30),
-        "the pod as an endpoint",
-        || async move { Ok((router_endpoints(admin).len() == 1).then_some(())) },
-    )
-    .await
-    .unwrap();
+    wait_for_endpoints(admin, 1, Duration::from_secs(30)).await;
     let ask = move |key: Option<&str>| {
         http_as(public, key, "POST", "/v1/chat/completions", Some(&chat()))
     };

@@ -136,11 +136,7 @@ impl PrefixRuntime {
             TokenizeMode::Bytes => 1,
         }]
         .inc();
-        let c = &blocks.cache;
-        self.cache_segments[0].inc_by(c.hit_segments);
-        self.cache_segments[1].inc_by(c.miss_segments);
-        self.cache_tokens[0].inc_by(c.hit_tokens);
-        self.cache_tokens[1].inc_by(c.miss_tokens);
+        self.count_cache_use(&blocks.cache);
         Some(blocks)
     }
 
@@ -158,13 +154,18 @@ impl PrefixRuntime {
             Prompt::Tokens(ids) => Some(ids.len() as u64),
             Prompt::Text(text) => {
                 let e = tokenizer.encode_cached(&text).ok()?;
-                self.cache_segments[0].inc_by(e.cache.hit_segments);
-                self.cache_segments[1].inc_by(e.cache.miss_segments);
-                self.cache_tokens[0].inc_by(e.cache.hit_tokens);
-                self.cache_tokens[1].inc_by(e.cache.miss_tokens);
+                self.count_cache_use(&e.cache);
                 Some(e.ids.len() as u64)
             }
         }
+    }
+
+    /// Adds one tokenization's segment-cache hits and misses to the metrics.
+    fn count_cache_use(&self, c: &muster_prefix::tokenizer::CacheUse) {
+        self.cache_segments[0].inc_by(c.hit_segments);
+        self.cache_segments[1].inc_by(c.miss_segments);
+        self.cache_tokens[0].inc_by(c.hit_tokens);
+        self.cache_tokens[1].inc_by(c.miss_tokens);
     }
 
     /// How much of `blocks` `endpoint` holds, per the index the profile scores with.

@@ -264,7 +264,7 @@ mod tests {
         prefill_groups: &[Option<&str>],
         seed: u64,
         blocks: u32,
-        min_uncached: u64,
+        pd: &PdRequest<'_>,
     ) -> Result<PdDecision, ScheduleError> {
         let whole = profile();
         schedule_pd(
@@ -276,7 +276,7 @@ mod tests {
             &whole.without(&[PluginKind::SessionAffinity]),
             &whole.without(&[PluginKind::PrefixCache, PluginKind::KvEvents]),
             &request(seed, blocks),
-            &pd(min_uncached, blocks),
+            pd,
         )
     }
 
@@ -318,7 +318,7 @@ mod tests {
             };
             let (pv, pg) = side(np, 0, &mut r);
             let (dv, dg) = side(nd, 6, &mut r);
-            let d = decide(&dv, &dg, &pv, &pg, seed, 40, 0).unwrap();
+            let d = decide(&dv, &dg, &pv, &pg, seed, 40, &pd(0, 40)).unwrap();
             let shared = pg.iter().flatten().any(|g| dg.contains(&Some(g)));
             match d {
                 PdDecision::Pair {
@@ -347,7 +347,7 @@ mod tests {
         let decode = [view("da", 2, 0), view("db", 0, 0)];
         let pg = [Some("a"), Some("b")];
         let dg = [Some("a"), Some("b")];
-        let d = decide(&decode, &dg, &prefill, &pg, 1, 40, 0).unwrap();
+        let d = decide(&decode, &dg, &prefill, &pg, 1, 40, &pd(0, 40)).unwrap();
         let PdDecision::Pair {
             prefill: p, group, ..
         } = d
@@ -362,7 +362,7 @@ mod tests {
 
         // With the prefill caches equal, the idle decoder's group wins.
         let prefill = [view("pa", 1, 0), view("pb", 1, 0)];
-        let d = decide(&decode, &dg, &prefill, &pg, 1, 40, 0).unwrap();
+        let d = decide(&decode, &dg, &prefill, &pg, 1, 40, &pd(0, 40)).unwrap();
         let PdDecision::Pair {
             decode: dd, group, ..
         } = d
@@ -381,30 +381,19 @@ mod tests {
         same_node_weight: f64,
         blocks: u32,
     ) -> std::collections::BTreeSet<(usize, usize)> {
-        let whole = profile();
         let (pg, dg) = (
             vec![Some("a"); prefill.len()],
             vec![Some("a"); decode.len()],
         );
+        let pd = PdRequest {
+            decode_nodes,
+            prefill_nodes,
+            same_node_weight,
+            ..pd(0, blocks)
+        };
         (0..64)
             .map(|seed| {
-                let d = schedule_pd(
-                    decode,
-                    &dg,
-                    prefill,
-                    &pg,
-                    &whole,
-                    &whole.without(&[PluginKind::SessionAffinity]),
-                    &whole.without(&[PluginKind::PrefixCache, PluginKind::KvEvents]),
-                    &request(seed, blocks),
-                    &PdRequest {
-                        decode_nodes,
-                        prefill_nodes,
-                        same_node_weight,
-                        ..pd(0, blocks)
-                    },
-                )
-                .unwrap();
+                let d = decide(decode, &dg, prefill, &pg, seed, blocks, &pd).unwrap();
                 match d {
                     PdDecision::Pair {
                         prefill, decode, ..
@@ -452,7 +441,7 @@ mod tests {
         let dg = [Some("a")];
         // 40 blocks of 16 tokens; the decoder caches 38: 32 tokens left.
         let decode = [view("d", 0, 38)];
-        let alone = decide(&decode, &dg, &prefill, &pg, 3, 40, 64).unwrap();
+        let alone = decide(&decode, &dg, &prefill, &pg, 3, 40, &pd(64, 40)).unwrap();
         assert!(
             matches!(
                 alone,
@@ -463,13 +452,13 @@ mod tests {
             ),
             "{alone:?}"
         );
-        let paired = decide(&decode, &dg, &prefill, &pg, 3, 40, 16).unwrap();
+        let paired = decide(&decode, &dg, &prefill, &pg, 3, 40, &pd(16, 40)).unwrap();
         assert!(
             matches!(paired, PdDecision::Pair { .. }),
             "32 ≥ 16 uncached: {paired:?}"
         );
         // Without prefill peers it still serves.
-        let alone = decide(&decode, &dg, &[], &[], 3, 40, 16).unwrap();
+        let alone = decide(&decode, &dg, &[], &[], 3, 40, &pd(16, 40)).unwrap();
         assert!(matches!(
             alone,
             PdDecision::Alone {
@@ -478,7 +467,7 @@ mod tests {
             }
         ));
         assert_eq!(
-            decide(&[], &[], &prefill, &pg, 3, 40, 16),
+            decide(&[], &[], &prefill, &pg, 3, 40, &pd(16, 40)),
             Err(ScheduleError::NoEndpoints),
             "no decoder: nothing can answer"
         );
@@ -492,7 +481,7 @@ mod tests {
         let mut counts = BTreeMap::new();
         for seed in 0..400 {
             if let PdDecision::Pair { group, .. } =
-                decide(&decode, &g, &prefill, &g, seed, 10, 0).unwrap()
+                decide(&decode, &g, &prefill, &g, seed, 10, &pd(0, 10)).unwrap()
             {
                 *counts.entry(group).or_insert(0) += 1;
             }
