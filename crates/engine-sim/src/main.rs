@@ -38,9 +38,10 @@ struct Cli {
     /// Port when --listen is not given.
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Profile YAML (default: built-in llama-3-8b-h100-80gb).
+    /// Built-in profile name (llama-3-8b-h100-80gb, deepseek-r1-distill-qwen-7b-h100-80gb) or
+    /// a profile YAML path (default: llama-3-8b-h100-80gb).
     #[arg(long)]
-    profile: Option<PathBuf>,
+    profile: Option<String>,
     /// Served model name (default: the profile's model).
     #[arg(long, alias = "served-model-name")]
     model: Option<String>,
@@ -137,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut profile = match &cli.profile {
-        Some(p) => Profile::load(p)?,
+        Some(p) => Profile::named_or_load(p)?,
         None => Profile::builtin(),
     };
     if let Some(v) = cli.block_size {

@@ -10,6 +10,15 @@ use std::path::Path;
 /// The profile compiled into the binary, used when `--profile` is not given.
 pub const DEFAULT_PROFILE_YAML: &str = include_str!("../profiles/llama-3-8b-h100-80gb.yaml");
 
+/// Every profile compiled into the binary, by name (`--profile NAME`).
+pub const BUILTIN_PROFILES: [(&str, &str); 2] = [
+    ("llama-3-8b-h100-80gb", DEFAULT_PROFILE_YAML),
+    (
+        "deepseek-r1-distill-qwen-7b-h100-80gb",
+        include_str!("../profiles/deepseek-r1-distill-qwen-7b-h100-80gb.yaml"),
+    ),
+];
+
 /// Why a profile could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -157,6 +166,22 @@ impl Profile {
         Self::from_yaml(DEFAULT_PROFILE_YAML).expect("built-in profile is valid")
     }
 
+    /// A built-in profile by name, `None` for a name not in [`BUILTIN_PROFILES`].
+    pub fn named(name: &str) -> Option<Self> {
+        BUILTIN_PROFILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, yaml)| Self::from_yaml(yaml).expect("built-in profile is valid"))
+    }
+
+    /// A built-in profile's name, or else a path to a profile YAML.
+    pub fn named_or_load(name_or_path: &str) -> Result<Self, ProfileError> {
+        match Self::named(name_or_path) {
+            Some(p) => Ok(p),
+            None => Self::load(Path::new(name_or_path)),
+        }
+    }
+
     /// Parses and validates a profile.
     pub fn from_yaml(text: &str) -> Result<Self, ProfileError> {
         let p: Profile = serde_yaml::from_str(text)?;
@@ -271,6 +296,24 @@ mod tests {
         let blocks = p.num_gpu_blocks();
         // Roughly 430k tokens of KV on an 80 GB card after 16 GB of weights.
         assert!((25_000..30_000).contains(&blocks), "{blocks}");
+    }
+
+    #[test]
+    fn builtin_profiles_load_by_name_and_match_their_names() {
+        for (name, _) in BUILTIN_PROFILES {
+            let p = Profile::named(name).expect(name);
+            assert_eq!(p.name, name);
+        }
+        // Kthena's benchmark model: 2 × 28 layers × 4 KV heads × 128 × 2 bytes = 56 KiB per
+        // token, in blocks of 128 tokens; about 1M tokens of KV on an 80 GB card.
+        let q = Profile::named("deepseek-r1-distill-qwen-7b-h100-80gb").unwrap();
+        assert_eq!(q.kv_bytes_per_token(), 57_344.0);
+        assert_eq!(q.block_size, 128);
+        let tokens = q.num_gpu_blocks() * q.block_size;
+        assert!((950_000..1_050_000).contains(&tokens), "{tokens}");
+        assert!(Profile::named("no-such-profile").is_none());
+        let err = Profile::named_or_load("no-such-profile").unwrap_err().to_string();
+        assert!(err.contains("no-such-profile"), "{err}");
     }
 
     #[test]
