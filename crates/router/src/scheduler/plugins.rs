@@ -164,11 +164,20 @@ fn cached_blocks(e: &EndpointView<'_>, precise: bool, total: u32) -> u32 {
 ///
 /// ```text
 /// uncached_i = prompt_tokens − cached_i · block_tokens
+/// saved_i    = prompt_tokens − uncached_i
 /// pending_i  = router pending prefill_i + max(0, engine waiting_i − router in-flight_i) · uncached_i
 /// wait_i     = pending_i + uncached_i
-/// cold       = min_j (pending_j + prompt_tokens)
-/// score_i    = cached_i / total   if wait_i ≤ cold,   else 0
+/// cold       = min_j (pending_j + prompt_tokens), reached at endpoint c
+/// busy_c     = max(router in-flight_c, engine running_c + waiting_c)
+/// score_i    = cached_i / total   if wait_i ≤ cold + (affinitySlack + busy_c) · saved_i,   else 0
 /// ```
+///
+/// A spill recomputes `saved_i` tokens the warm cache would have skipped, and that extra
+/// prefill delays every request the cold endpoint is serving (under continuous batching they
+/// share its steps), so the spill is charged `busy_c · saved_i` on top of the slack. Spilling
+/// to an idle endpoint is cheap and happens as soon as the warm queue is slower; spilling into
+/// a saturated one almost never pays, and in the routing benchmark it was what scattered
+/// groups across engines until their prefixes no longer fit in KV (docs/benchmarks.md).
 ///
 /// Router pending prefill counts the uncached prompt of each request this router sent there
 /// that has not streamed its first token yet (a request that is decoding barely delays a new
@@ -193,25 +202,29 @@ pub(super) fn prefix_cache(
         return vec![0.0; candidates.len()];
     }
     let prompt = request.prompt_tokens as f64;
-    let mut cold = f64::INFINITY;
-    let parts: Vec<(u32, f64)> = candidates
+    // The cold alternative: the endpoint where the whole prompt would start soonest.
+    let (mut cold, mut cold_busy) = (f64::INFINITY, 0.0);
+    let parts: Vec<(u32, f64, f64)> = candidates
         .iter()
         .map(|&i| {
             let e = &endpoints[i];
+            let l = loads[i];
             let cached = cached_blocks(e, precise, total);
             let uncached = (prompt - f64::from(cached) * request.block_tokens as f64).max(0.0);
-            let others = (loads[i].waiting - f64::from(e.in_flight_requests)).max(0.0);
+            let others = (l.waiting - f64::from(e.in_flight_requests)).max(0.0);
             let queued = e.pending_prefill_tokens as f64;
-            let pending = queued + others * uncached;
-            cold = cold.min(queued + others * prompt + prompt);
-            let credit = slack * (prompt - uncached);
-            (cached, pending + uncached - credit)
+            let wait_cold = queued + others * prompt + prompt;
+            if wait_cold < cold {
+                cold = wait_cold;
+                cold_busy = f64::from(e.in_flight_requests).max(l.running + l.waiting);
+            }
+            (cached, queued + others * uncached + uncached, prompt - uncached)
         })
         .collect();
     parts
         .into_iter()
-        .map(|(cached, credited_wait)| {
-            if cached > 0 && credited_wait <= cold {
+        .map(|(cached, wait, saved)| {
+            if cached > 0 && wait <= cold + (slack + cold_busy) * saved {
                 f64::from(cached) / f64::from(total)
             } else {
                 0.0

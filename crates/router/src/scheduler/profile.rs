@@ -184,12 +184,12 @@ pub struct PrefixCacheArgs {
     #[serde(default = "default_predict_window")]
     pub predict_window: String,
     /// How sticky a warm prefix is: an endpoint keeps its affinity score while its expected
-    /// wait is at most the cold alternative's plus `affinitySlack ×` the prompt tokens its
-    /// cache saves. 0 spills as soon as the warm queue is slower for this one request; the
-    /// default 1 also charges the spill for the prefix it recomputes (and duplicates in KV) on
-    /// the cold endpoint, work that delays everything queued behind it there. On the routing
-    /// benchmark's long shape 1 raised prefix+load's cache hits from 80–82 % to 82–86 % and
-    /// its throughput by 3–10 % over three seeds (docs/benchmarks.md).
+    /// wait is at most the cold alternative's plus `(affinitySlack + requests in flight at the
+    /// cold endpoint) ×` the prompt tokens its cache saves. The in-flight term charges the
+    /// spill for delaying everything the cold endpoint serves while it recomputes the prefix;
+    /// the slack is stickiness beyond that, for the copy of the prefix a spill leaves in a
+    /// second KV cache. With 0 a request spills to an idle endpoint as soon as the warm queue is
+    /// slower for it; the default 1 also charges it for its own recompute.
     #[serde(default = "default_affinity_slack")]
     pub affinity_slack: f64,
 }

@@ -546,13 +546,37 @@ fn affinity_slack_holds_a_warm_prefix_longer() {
 }
 
 #[test]
+fn a_warm_prefix_spills_to_an_idle_endpoint_but_not_into_a_busy_one() {
+    // Three cold prefills (about 12k tokens) queue on the warm endpoint. Sending this request
+    // cold would start it sooner in both cases, but a cold endpoint that is decoding 50
+    // requests makes all of them wait for the recomputed prefix: affinity holds there, and
+    // yields only to an idle endpoint.
+    let warm = with_load("warm", 10, 3 * 4352, 256);
+    let busy = EndpointView {
+        pending_prefill_tokens: 0,
+        ..with_load("busy", 50, 50 * 128, 0)
+    };
+    let idle = with_load("idle", 0, 0, 0);
+    let profile = prefix_profile(PluginKind::PrefixCache);
+    for seed in 0..20 {
+        let views = [warm.clone(), busy.clone()];
+        assert_eq!(schedule(&views, &profile, &prefix_req(seed)).unwrap().index, 0);
+        let views = [warm.clone(), idle.clone()];
+        let d = schedule(&views, &profile, &prefix_req(seed)).unwrap();
+        assert_eq!(d.index, 1, "an idle endpoint takes the spill");
+    }
+}
+
+#[test]
 fn engine_queues_from_other_replicas_count_as_load() {
     // The warm endpoint looks nearly idle to this router, but its engine reports a deep queue
-    // (other router replicas' traffic): affinity must yield.
+    // (other router replicas' traffic): affinity must yield. (The queue costs 59 × 256 tokens
+    // ahead of this request; recomputing the prefix on the cold endpoint costs 4096 for it
+    // and 4096 for the one request there.)
     let mut warm = with_load("warm", 1, 500, 256);
     let views_idle = [warm.clone(), with_load("cold", 1, 500, 0)];
     warm.engine = Some(EngineLoad {
-        waiting: 40.0,
+        waiting: 60.0,
         running: 60.0,
         kv_cache_usage: 0.5,
     });
