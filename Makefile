@@ -56,7 +56,7 @@ bench-router-overhead:
 bench-topology:
 	bash hack/bench-topology.sh $(BENCH_TOPO_ARGS)
 
-## Routing quality: every policy on the Kthena shapes through the real router (~20 minutes;
+## Routing quality: every policy on Kthena's workload through the real router (~35 minutes;
 ## BENCH_ROUTING_ARGS=--quick for a smoke run).
 bench-routing:
 	bash hack/bench-routing.sh $(BENCH_ROUTING_ARGS)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make bench-routing`: routing quality. Every routing policy (random, round-robin,
 # least-request, prefix+load, kv-events+load, session affinity, oracle) on SGLang's
-# generated-shared-prefix workload (Kthena's long and short shapes, scaled down, and the long shape on prefill/decode groups), through the
-# real muster-router to time-scaled muster-engine-sim processes, all on loopback, all in one
-# run. Writes target/bench/routing.{json,md,png} and prints the tables. About 15 minutes.
+# generated-shared-prefix workload (Kthena's long shape as published, its short shape and a
+# prefill/decode scenario with fewer prompts per group), through the real muster-router to
+# muster-engine-sim processes modelling Kthena's model and vLLM flags, all on loopback, all in
+# one run. Writes target/bench/routing.{json,md,png} and prints the tables. About 35 minutes.
 #
 # Extra arguments go to `muster-bench routing` (e.g. --quick for a smoke run of seconds,
 # --scenarios long, --policies random,oracle); `make bench-routing BENCH_ROUTING_ARGS=--quick`.

@@ -116,6 +116,10 @@ struct RoutingArgs {
     /// Scenarios to run, comma-separated (long, short, pd).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
+    /// Engines' built-in engine-sim profile (default: deepseek-r1-distill-qwen-7b-h100-80gb,
+    /// Kthena's benchmark model and vLLM flags).
+    #[arg(long)]
+    profile: Option<String>,
     /// Engine processes.
     #[arg(long)]
     engines: Option<usize>,
@@ -146,6 +150,9 @@ struct RoutingArgs {
     /// Workload seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Keep per-request traces (TSV) and each router's access log in this directory.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 fn parse_policy(s: &str) -> Result<muster_bench::routing::Policy, String> {
@@ -172,6 +179,9 @@ async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
     if let Some(v) = a.policies {
         s.policies = v;
     }
+    if let Some(name) = &a.profile {
+        s = s.with_profile(name).context("--profile")?;
+    }
     if let Some(names) = a.scenarios {
         for n in &names {
             anyhow::ensure!(
@@ -189,6 +199,7 @@ async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
     s.prefix_weight = a.prefix_weight.unwrap_or(s.prefix_weight);
     s.affinity_slack = a.affinity_slack.or(s.affinity_slack);
     s.seed = a.seed.unwrap_or(s.seed);
+    s.trace = a.trace.or(s.trace);
     for sc in &mut s.scenarios {
         sc.shape.groups = a.groups.unwrap_or(sc.shape.groups);
         sc.shape.prompts_per_group = a.prompts_per_group.unwrap_or(sc.shape.prompts_per_group);

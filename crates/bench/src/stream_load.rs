@@ -8,6 +8,7 @@
 //! (`stream_options.include_usage`) gives prompt, cached and completion tokens.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -184,7 +185,11 @@ fn usage_of_if_present(payload: &[u8]) -> Option<(u64, u64, u64)> {
         .and_then(|_| usage_of(payload))
 }
 
-/// Sends `plan` to `addr` with at most `max_concurrency` requests in flight.
+/// How often a long run reports how far it has got (on stderr).
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// Sends `plan` to `addr` with at most `max_concurrency` requests in flight. A run that lasts
+/// longer than [`PROGRESS_EVERY`] prints a progress line to stderr at that interval.
 pub async fn run(addr: SocketAddr, plan: Vec<Planned>, max_concurrency: usize) -> Run {
     assert!(addr.ip().is_loopback(), "benchmarks only talk to loopback");
     let pool = Arc::new(Pool {
@@ -193,11 +198,29 @@ pub async fn run(addr: SocketAddr, plan: Vec<Planned>, max_concurrency: usize) -
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(max_concurrency.max(1)));
     let t0 = tokio::time::Instant::now();
+    let total = plan.len();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let finished = finished.clone();
+        async move {
+            let mut tick = tokio::time::interval_at(t0 + PROGRESS_EVERY, PROGRESS_EVERY);
+            loop {
+                tick.tick().await;
+                let n = finished.load(Ordering::Relaxed);
+                let secs = t0.elapsed().as_secs_f64();
+                eprintln!(
+                    "  … {n}/{total} requests done after {secs:.0} s ({:.1} req/s wall)",
+                    n as f64 / secs
+                );
+            }
+        }
+    });
     let mut tasks = Vec::with_capacity(plan.len());
     for p in plan {
         tokio::time::sleep_until(t0 + p.arrival).await;
         let pool = pool.clone();
         let slots = slots.clone();
+        let finished = finished.clone();
         tasks.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.expect("semaphore open");
             let mut out = Outcome {
@@ -207,6 +230,7 @@ pub async fn run(addr: SocketAddr, plan: Vec<Planned>, max_concurrency: usize) -
             if let Err(e) = send_one(&pool, &p, &mut out).await {
                 out.error = Some(format!("{e:#}"));
             }
+            finished.fetch_add(1, Ordering::Relaxed);
             out
         }));
     }
@@ -217,6 +241,7 @@ pub async fn run(addr: SocketAddr, plan: Vec<Planned>, max_concurrency: usize) -
             ..Outcome::default()
         }));
     }
+    ticker.abort();
     Run {
         outcomes,
         elapsed: t0.elapsed(),
