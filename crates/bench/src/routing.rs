@@ -494,13 +494,12 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
             let dir = scratch.join(format!("{}-{}", scenario.name, policy.name()));
             std::fs::create_dir_all(&dir)?;
             let t = Instant::now();
-            let profile =
-                policy.profile(
-                    settings.prefix_weight,
-                    settings.block_size,
-                    kv_blocks,
-                    settings.affinity_slack,
-                );
+            let profile = policy.profile(
+                settings.prefix_weight,
+                settings.block_size,
+                kv_blocks,
+                settings.affinity_slack,
+            );
             let workload = Workload {
                 requests: &requests,
                 kv_blocks,
@@ -546,7 +545,8 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
             requests: requests.len(),
             prompt_tokens,
             kv_blocks_per_engine: kv_blocks,
-            prefix_blocks_total: scenario.shape.groups * (scenario.shape.system_len / settings.block_size),
+            prefix_blocks_total: scenario.shape.groups
+                * (scenario.shape.system_len / settings.block_size),
             policies: results,
             goals,
         });

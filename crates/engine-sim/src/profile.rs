@@ -312,7 +312,9 @@ mod tests {
         let tokens = q.num_gpu_blocks() * q.block_size;
         assert!((950_000..1_050_000).contains(&tokens), "{tokens}");
         assert!(Profile::named("no-such-profile").is_none());
-        let err = Profile::named_or_load("no-such-profile").unwrap_err().to_string();
+        let err = Profile::named_or_load("no-such-profile")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no-such-profile"), "{err}");
     }
 

@@ -218,7 +218,11 @@ pub(super) fn prefix_cache(
                 cold = wait_cold;
                 cold_busy = f64::from(e.in_flight_requests).max(l.running + l.waiting);
             }
-            (cached, queued + others * uncached + uncached, prompt - uncached)
+            (
+                cached,
+                queued + others * uncached + uncached,
+                prompt - uncached,
+            )
         })
         .collect();
     parts

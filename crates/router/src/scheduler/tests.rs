@@ -560,7 +560,10 @@ fn a_warm_prefix_spills_to_an_idle_endpoint_but_not_into_a_busy_one() {
     let profile = prefix_profile(PluginKind::PrefixCache);
     for seed in 0..20 {
         let views = [warm.clone(), busy.clone()];
-        assert_eq!(schedule(&views, &profile, &prefix_req(seed)).unwrap().index, 0);
+        assert_eq!(
+            schedule(&views, &profile, &prefix_req(seed)).unwrap().index,
+            0
+        );
         let views = [warm.clone(), idle.clone()];
         let d = schedule(&views, &profile, &prefix_req(seed)).unwrap();
         assert_eq!(d.index, 1, "an idle endpoint takes the spill");
