@@ -312,11 +312,15 @@ impl Settings {
 /// requests. A policy that scatters groups must also pin the prefixes of whatever groups its
 /// in-flight requests belong to, which is the trade-off the benchmark is about.
 pub fn kv_blocks_per_engine(settings: &Settings, shape: &GspShape) -> usize {
-    let block = settings.block_size;
-    let prefix_blocks = shape.groups * (shape.system_len / block);
-    let private = (shape.question_len + shape.output_len).div_ceil(block) + 1;
+    let private = (shape.question_len + shape.output_len).div_ceil(settings.block_size) + 1;
     let share = settings.max_concurrency.div_ceil(settings.engines);
-    (settings.prefix_fraction * prefix_blocks as f64).ceil() as usize + share * private
+    (settings.prefix_fraction * prefix_blocks(settings, shape) as f64).ceil() as usize
+        + share * private
+}
+
+/// Full KV blocks of all the shape's group prefixes together.
+fn prefix_blocks(settings: &Settings, shape: &GspShape) -> usize {
+    shape.groups * (shape.system_len / settings.block_size)
 }
 
 /// Where the binaries are.
@@ -545,8 +549,7 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
             requests: requests.len(),
             prompt_tokens,
             kv_blocks_per_engine: kv_blocks,
-            prefix_blocks_total: scenario.shape.groups
-                * (scenario.shape.system_len / settings.block_size),
+            prefix_blocks_total: prefix_blocks(&settings, &scenario.shape),
             policies: results,
             goals,
         });

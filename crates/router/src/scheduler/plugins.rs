@@ -81,6 +81,13 @@ pub(super) fn round_robin(
         .collect()
 }
 
+/// Requests an endpoint is serving: the router's own in-flight count or the engine's running
+/// plus waiting, whichever is larger (the engine's include other replicas' traffic, the
+/// router's react before the next scrape).
+fn requests_served(e: &EndpointView<'_>, l: EngineLoad) -> f64 {
+    f64::from(e.in_flight_requests).max(l.running + l.waiting)
+}
+
 /// Half requests, half tokens. Request load is `max(router in-flight, engine running +
 /// waiting) + queue_weight · waiting`: the engine's numbers include other replicas' traffic,
 /// the router's own count reacts before the next scrape, and queued requests weigh extra
@@ -93,11 +100,7 @@ pub(super) fn least_request(
 ) -> Vec<f64> {
     let requests: Vec<f64> = candidates
         .iter()
-        .map(|&i| {
-            let l = loads[i];
-            f64::from(endpoints[i].in_flight_requests).max(l.running + l.waiting)
-                + queue_weight * l.waiting
-        })
+        .map(|&i| requests_served(&endpoints[i], loads[i]) + queue_weight * loads[i].waiting)
         .collect();
     let tokens: Vec<f64> = candidates
         .iter()
@@ -130,10 +133,7 @@ pub(super) fn session_affinity(
     let names: Vec<&str> = candidates.iter().map(|&i| endpoints[i].name).collect();
     let load: Vec<u64> = candidates
         .iter()
-        .map(|&i| {
-            let engine = (loads[i].running + loads[i].waiting).round() as u64;
-            u64::from(endpoints[i].in_flight_requests).max(engine)
-        })
+        .map(|&i| requests_served(&endpoints[i], loads[i]).round() as u64)
         .collect();
     let p = rendezvous::place(session, &names, &load, load_factor, slack);
     let scores = (0..candidates.len())
@@ -216,7 +216,7 @@ pub(super) fn prefix_cache(
             let wait_cold = queued + others * prompt + prompt;
             if wait_cold < cold {
                 cold = wait_cold;
-                cold_busy = f64::from(e.in_flight_requests).max(l.running + l.waiting);
+                cold_busy = requests_served(e, l);
             }
             (
                 cached,
