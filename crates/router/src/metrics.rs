@@ -78,6 +78,10 @@ pub struct Metrics {
     pub pd_prefill_queue_wait: HistogramVec,
     /// PD servers: prefill leg duration (send to response), NIXL and HTTP connectors.
     pub pd_prefill_duration: HistogramVec,
+    /// Prefill budget: time a streamed request was held before it was sent.
+    pub prefill_budget_wait: HistogramVec,
+    /// Prefill budget: requests sent after `max-wait` without fitting.
+    pub prefill_budget_bypassed: IntCounterVec,
     plugin_scores: Vec<Histogram>,
     unknown_model: Arc<ModelMetrics>,
 }
@@ -220,6 +224,17 @@ impl Metrics {
                 "PD servers: prefill leg from send to response (NIXL and HTTP connectors).",
                 &["server"],
                 exponential_buckets(0.001, 2.0, 19).expect("buckets"),
+            ),
+            prefill_budget_wait: histogram(
+                "muster_router_prefill_budget_wait_seconds",
+                "Prefill budget: time a streamed request was held at the router before it was sent (prefill-budget-tokens).",
+                &["server"],
+                exponential_buckets(0.0001, 2.0, 18).expect("buckets"),
+            ),
+            prefill_budget_bypassed: counter(
+                "muster_router_prefill_budget_bypassed_total",
+                "Prefill budget: requests sent after prefill-budget-max-wait without fitting the budget.",
+                &["server"],
             ),
             registry,
             plugin_scores: Vec::new(),

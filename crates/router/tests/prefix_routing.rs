@@ -1,8 +1,8 @@
 //! Cache-aware scheduling against real `muster-engine-sim` processes: the router's block
 //! hashes equal the engine's (completions and chat), the precise index follows the engine's
 //! KV events over ZMQ (stores, evictions, clears) and falls back when they stop, endpoint
-//! removal purges the approximate index, and prefix routing beats random on the engines' own
-//! prefix-cache hit counters.
+//! removal purges the approximate index, prefix routing beats random on the engines' own
+//! prefix-cache hit counters, and the prefill budget orders held requests.
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{engine_sim_bin, get, metric_sum, post, Router};
+use common::{engine_sim_bin, get, metric_sum, post, post_streamed, Router};
 use muster_api::networking::InferenceEngine;
 use muster_prefix::block_hash::HashContext;
 use muster_prefix::tokenizer::PromptTokenizer;
@@ -39,9 +39,14 @@ struct Engine {
 
 impl Engine {
     fn start(extra: &[&str]) -> Engine {
+        Engine::start_scaled("50", extra)
+    }
+
+    /// An engine at `--time-scale time_scale` (times faster than the modelled GPU).
+    fn start_scaled(time_scale: &str, extra: &[&str]) -> Engine {
         let mut child = Command::new(engine_sim_bin())
             .args(["--listen", "127.0.0.1:0", "--kv-events-port", "0"])
-            .args(["--time-scale", "50", "--model", "m"])
+            .args(["--time-scale", time_scale, "--model", "m"])
             .args(extra)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
@@ -505,4 +510,109 @@ async fn shared_prefixes_land_together_and_hit_more_than_random() {
     // routing always (8 groups × 4 follow-ups × ~600 words of shared prompt).
     assert!(hits("prefix-cache") > 1.2 * hits("random"), "{results:?}");
     assert!(hits("kv-events") > 1.2 * hits("random"), "{results:?}");
+}
+
+/// Streams a completion; returns when its first chunk arrived and the prompt tokens the engine
+/// found cached (from the usage chunk).
+async fn timed_stream(router: SocketAddr, prompt: String) -> (Instant, f64) {
+    let body = json!({"model": "m", "prompt": prompt, "max_tokens": 2, "stream": true,
+        "stream_options": {"include_usage": true}});
+    let mut first = None;
+    let r = post_streamed(router, "/v1/completions", &[], &body, |_| {
+        first.get_or_insert_with(Instant::now);
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cached = r
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_f64())
+        .unwrap_or(0.0);
+    (first.expect("a first chunk"), cached)
+}
+
+/// With `router.muster.dev/prefill-budget-tokens` below one cold prompt, the router keeps one
+/// cold prefill at a time on the engine (Kthena's vLLM flags: 65,536-token steps). A request
+/// whose prefix is cached gets its first token right after the cold prompt ahead of it, not in
+/// one step with the next cold one (without the budget the engine batches the two), and the
+/// second request of a new prefix waits for the first one's prefill, then finds it cached
+/// instead of recomputing it in the same step.
+#[tokio::test]
+async fn prefill_budget_lets_cached_requests_overtake_and_siblings_reuse_a_pending_prefill() {
+    let engine = Engine::start_scaled(
+        "0.2",
+        &["--profile", "deepseek-r1-distill-qwen-7b-h100-80gb"],
+    );
+    let servers = server_yaml("s", &[&engine], false).replace(
+        "{name: s}",
+        "{name: s, annotations: {router.muster.dev/prefill-budget-tokens: \"1000\"}}",
+    );
+    let tok_flag = format!("m={}", tokenizer_path().display());
+    let router = Router::start(
+        &standalone(PREFIX_PROFILE, &servers),
+        &["--tokenizer", &tok_flag],
+    )
+    .await;
+    // Prompts of ~5,000 tokens: a cold one is ~0.8 s of prefill here.
+    let prompt =
+        |system: u64, question: u64| format!("{} {}", text(system, 1500), text(question, 10));
+    let stream = |p: String| tokio::spawn(timed_stream(router.addr, p));
+    let gap = || tokio::time::sleep(Duration::from_millis(30));
+    // Warm prefix A (not streamed, so not metered).
+    let warm = json!({"model": "m", "prompt": prompt(1, 2), "max_tokens": 1});
+    assert_eq!(
+        post(router.addr, "/v1/completions", &warm).await.status,
+        200
+    );
+
+    let cold1 = stream(prompt(10, 11));
+    gap().await;
+    let cold2 = stream(prompt(20, 21));
+    gap().await;
+    let cached = stream(prompt(1, 3));
+    let (c1, _) = cold1.await.unwrap();
+    let (c2, _) = cold2.await.unwrap();
+    let (a, a_cached) = cached.await.unwrap();
+    assert!(a_cached > 1000.0, "prefix A was cached: {a_cached}");
+    assert!(
+        c1 < a && a < c2 && c2 - a > (c2 - c1) / 2,
+        "first tokens after the first cold one: the cached request at {:?}, the second cold one at {:?}",
+        a - c1,
+        c2 - c1
+    );
+
+    // A new prefix, two requests queued behind a cold one: the second reuses the first's
+    // prefill.
+    let busy = stream(prompt(40, 41));
+    gap().await;
+    let leader = stream(prompt(30, 31));
+    gap().await;
+    let sibling = stream(prompt(30, 32));
+    let (l, _) = leader.await.unwrap();
+    let (s, s_cached) = sibling.await.unwrap();
+    busy.await.unwrap();
+    assert!(l < s);
+    assert!(
+        s_cached > 1000.0,
+        "the sibling found the leader's prefix cached, not recomputed: {s_cached}"
+    );
+
+    let m = router.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "muster_router_prefill_budget_wait_seconds_count", &[]),
+        6.0,
+        "every streamed request went through the budget"
+    );
+    assert_eq!(
+        metric_sum(&m, "muster_router_prefill_budget_bypassed_total", &[]),
+        0.0
+    );
+    let v = get(router.admin, "/debug/endpoints").await.json();
+    let text = v.to_string();
+    assert!(
+        text.contains("\"prefill_budget_held\":0") && text.contains("\"prefill_budget_tokens\":0"),
+        "nothing left held or admitted: {text}"
+    );
 }

@@ -10,6 +10,7 @@ mod compile;
 pub mod kubernetes;
 pub mod matching;
 pub mod pd;
+pub mod prefill_budget;
 pub mod standalone;
 pub mod status;
 pub mod table;
@@ -208,6 +209,8 @@ pub struct CompiledServer {
     pub pd: Option<pd::PdSettings>,
     /// `tokenizer.json` named by the `router.muster.dev/tokenizer` annotation.
     pub tokenizer: Option<std::path::PathBuf>,
+    /// Prefill metering per endpoint, when the server sets a budget.
+    pub prefill_budget: Option<prefill_budget::PrefillBudgetSettings>,
 }
 
 fn serialize_profile<S: serde::Serializer>(

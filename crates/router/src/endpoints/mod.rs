@@ -7,6 +7,7 @@
 
 pub mod engine_metrics;
 pub mod outlier;
+pub mod prefill_budget;
 pub mod prefill_gate;
 
 use std::collections::HashMap;
@@ -69,6 +70,8 @@ pub struct EndpointState {
     events_stale_after_ms: AtomicU64,
     /// Prefill legs in flight towards this endpoint as a decoder (PD servers).
     pub prefill_gate: prefill_gate::PrefillGate,
+    /// Uncached prompt tokens in prefill here, metered (`prefill-budget-tokens`).
+    pub prefill_budget: prefill_budget::PrefillBudget,
 }
 
 /// What `/debug/endpoints` shows about one endpoint.
@@ -102,6 +105,10 @@ pub struct EndpointReport {
     pub prefill_legs_in_flight: u32,
     /// As a PD decoder: requests waiting for a prefill slot.
     pub prefill_legs_waiting: usize,
+    /// Prefill budget: uncached prompt tokens admitted (sent, no first token yet).
+    pub prefill_budget_tokens: u64,
+    /// Prefill budget: requests held by the router for this endpoint.
+    pub prefill_budget_held: usize,
     /// Prefix indexes.
     #[serde(flatten)]
     pub prefix: PrefixReport,
@@ -136,6 +143,7 @@ impl EndpointState {
             ),
             events_stale_after_ms: AtomicU64::new(5000),
             prefill_gate: prefill_gate::PrefillGate::default(),
+            prefill_budget: prefill_budget::PrefillBudget::default(),
         }
     }
 
@@ -178,6 +186,7 @@ impl EndpointState {
             endpoint: self.clone(),
             tokens,
             prefill_tokens,
+            budget: None,
         }
     }
 
@@ -230,6 +239,7 @@ impl EndpointState {
         let outlier = self.outlier.lock().expect("outlier lock").clone();
         let age = sample.as_ref().map(|s| now.saturating_duration_since(s.at));
         let (prefill_legs_in_flight, prefill_legs_waiting) = self.prefill_gate.load();
+        let (prefill_budget_tokens, prefill_budget_held) = self.prefill_budget.load();
         EndpointReport {
             name: self.name.to_string(),
             address: self.address,
@@ -245,6 +255,8 @@ impl EndpointState {
             consecutive_failures: outlier.consecutive_failures(),
             prefill_legs_in_flight,
             prefill_legs_waiting,
+            prefill_budget_tokens,
+            prefill_budget_held,
             prefix: self.prefix.report(now, self.prefix_stale_after()),
         }
     }
@@ -256,9 +268,15 @@ pub struct InFlight {
     endpoint: Arc<EndpointState>,
     tokens: u64,
     prefill_tokens: u64,
+    budget: Option<prefill_budget::BudgetPermit>,
 }
 
 impl InFlight {
+    /// Holds the request's prefill budget until its prefill is done.
+    pub fn hold_budget(&mut self, permit: prefill_budget::BudgetPermit) {
+        self.budget = Some(permit);
+    }
+
     /// The endpoint.
     pub fn endpoint(&self) -> &Arc<EndpointState> {
         &self.endpoint
@@ -267,6 +285,7 @@ impl InFlight {
     /// The engine produced the first token: the prompt is computed, so it no longer counts
     /// as prefill work queued ahead of other requests.
     pub fn prefill_done(&mut self) {
+        self.budget = None;
         let t = std::mem::take(&mut self.prefill_tokens);
         self.endpoint
             .pending_prefill_tokens

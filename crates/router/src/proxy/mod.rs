@@ -26,6 +26,7 @@ use crate::config::pd::{PdConnector, PdSettings};
 use crate::config::table::{ResolveError, RoundRobinPositions, RoutingTable, ServerRuntime};
 use crate::config::CompiledConfig;
 use crate::endpoints::outlier::OutlierPolicy;
+use crate::endpoints::prefill_budget;
 use crate::endpoints::EndpointRegistry;
 use crate::endpoints::EndpointState;
 use crate::errors::ApiError;
@@ -546,6 +547,7 @@ async fn proxy(
     };
     let lora_adapter = lora.then(|| inspected.model.clone());
     let output_budget = inspected.max_tokens.unwrap_or(256);
+    let streamed = inspected.stream;
     // PD servers pair generation requests; both legs are built from the edited body.
     let pd_settings: Option<&PdSettings> = compiled
         .pd
@@ -913,7 +915,41 @@ async fn proxy(
         // HTTP/1.1's Host is set by the pool, from the URI's authority.
         *upstream_req.headers_mut() = headers;
 
-        let in_flight = endpoint.begin(token_estimate, prefill_estimate);
+        let mut in_flight = endpoint.begin(token_estimate, prefill_estimate);
+        // The prefill budget meters streamed whole requests (a pair's decoder computes no
+        // prompt); held ones still count as the endpoint's load above.
+        if let (Some(budget), true, None) = (compiled.prefill_budget, streamed, &routed.prefill) {
+            let (computes, reuses) = match &prefix_blocks {
+                Some(b) => {
+                    let cached = (cached_blocks as usize).min(b.hashes.len());
+                    let reuses = cached.checked_sub(1).map(|i| b.hashes[i]);
+                    (&b.hashes[cached..], reuses)
+                }
+                None => (&[][..], None),
+            };
+            let ask = prefill_budget::Ask {
+                tokens: prefill_estimate,
+                computes,
+                reuses,
+            };
+            let (permit, admitted) = endpoint
+                .prefill_budget
+                .admit(budget.tokens, budget.max_wait, ask)
+                .await;
+            in_flight.hold_budget(permit);
+            state
+                .metrics
+                .prefill_budget_wait
+                .with_label_values(&[&server_label])
+                .observe(admitted.waited.as_secs_f64());
+            if admitted.bypassed {
+                state
+                    .metrics
+                    .prefill_budget_bypassed
+                    .with_label_values(&[&server_label])
+                    .inc();
+            }
+        }
         let exchange = tokio::time::timeout(policy.per_try_timeout, client.request(upstream_req));
         let result = match prefill_task.as_mut() {
             None => exchange.await,
