@@ -141,6 +141,10 @@ struct RoutingArgs {
     /// `prefixCache.affinitySlack` of the cache-aware policies (default: the router's).
     #[arg(long)]
     affinity_slack: Option<f64>,
+    /// Router prefill budget in tokens for the policies that keep prefixes together
+    /// (default 8192; 0: none)
+    #[arg(long)]
+    prefill_budget: Option<u64>,
     /// Groups per scenario.
     #[arg(long)]
     groups: Option<usize>,
@@ -198,6 +202,7 @@ async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
     s.prefix_fraction = a.prefix_fraction.unwrap_or(s.prefix_fraction);
     s.prefix_weight = a.prefix_weight.unwrap_or(s.prefix_weight);
     s.affinity_slack = a.affinity_slack.or(s.affinity_slack);
+    s.prefill_budget = a.prefill_budget.unwrap_or(s.prefill_budget);
     s.seed = a.seed.unwrap_or(s.seed);
     s.trace = a.trace.or(s.trace);
     for sc in &mut s.scenarios {
