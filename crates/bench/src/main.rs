@@ -142,7 +142,7 @@ struct RoutingArgs {
     #[arg(long)]
     affinity_slack: Option<f64>,
     /// Router prefill budget in tokens for the policies that keep prefixes together
-    /// (default 8192; 0: none)
+    /// (default 16384; 0: none)
     #[arg(long)]
     prefill_budget: Option<u64>,
     /// Groups per scenario.

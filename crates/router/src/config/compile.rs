@@ -249,7 +249,7 @@ fn compile_server(s: &ServerInput, defaults: &Defaults) -> (CompiledServer, Serv
         .filter(|p| !p.trim().is_empty())
         .map(|p| std::path::PathBuf::from(p.trim()));
 
-    let prefill_budget = super::prefill_budget::settings(&s.annotations, &mut problems);
+    let prefill_budget = super::prefill_budget::settings(&s.annotations, &profile, &mut problems);
     let pd = s.spec.workload_selector.pd_group.as_ref();
     let pd_settings =
         pd.map(|_| super::pd::settings(&s.spec, &s.annotations, &profile, &mut problems));

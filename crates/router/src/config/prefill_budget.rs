@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::duration::parse_duration;
+use crate::scheduler::{PluginKind, SchedulerProfile};
 
 /// ModelServer annotation: uncached prompt tokens in prefill per endpoint (streamed requests
 /// sent, first token not seen yet) above which requests are held at the router, shortest
@@ -37,8 +38,14 @@ fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 
 /// The budget from a server's annotations (`None`: none set, or `0`); problems are pushed as
 /// `(reason, message)` and the budget is then off (tokens) or the default (wait).
+///
+/// The budget needs to know what each request must compute, so it needs a prefix scorer
+/// (`prefix-cache` or `kv-events`) in the server's profile. Without one every request would
+/// count as its whole prompt, and cached requests would be held one at a time behind cold
+/// ones: the budget is then off and the server reports why.
 pub fn settings(
     annotations: &BTreeMap<String, String>,
+    profile: &SchedulerProfile,
     problems: &mut Vec<(&'static str, String)>,
 ) -> Option<PrefillBudgetSettings> {
     let mut bad = |name: &str, value: &str, why: &str| {
@@ -62,6 +69,16 @@ pub fn settings(
             }
         },
     };
+    if profile.weight(PluginKind::PrefixCache) <= 0.0 && profile.weight(PluginKind::KvEvents) <= 0.0
+    {
+        bad(
+            PREFILL_BUDGET_ANNOTATION,
+            &tokens.to_string(),
+            "needs a prefix-cache or kv-events scorer in the scheduler profile to know each \
+             request's uncached tokens; no budget applies",
+        );
+        return None;
+    }
     let max_wait = match annotations.get(PREFILL_BUDGET_MAX_WAIT_ANNOTATION) {
         None => DEFAULT_MAX_WAIT,
         Some(v) => match parse_duration(v.trim()) {
@@ -83,6 +100,11 @@ pub fn settings(
 mod tests {
     use super::*;
 
+    fn prefix_profile() -> SchedulerProfile {
+        SchedulerProfile::parse("plugins: [{name: prefix-cache, weight: 2}, {name: least-request}]")
+            .unwrap()
+    }
+
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -93,10 +115,14 @@ mod tests {
     #[test]
     fn unset_or_zero_is_off_and_values_parse() {
         let mut problems = Vec::new();
-        assert_eq!(settings(&annotations(&[]), &mut problems), None);
+        assert_eq!(
+            settings(&annotations(&[]), &prefix_profile(), &mut problems),
+            None
+        );
         assert_eq!(
             settings(
                 &annotations(&[(PREFILL_BUDGET_ANNOTATION, "0")]),
+                &prefix_profile(),
                 &mut problems
             ),
             None
@@ -107,6 +133,7 @@ mod tests {
                     (PREFILL_BUDGET_ANNOTATION, " 8192 "),
                     (PREFILL_BUDGET_MAX_WAIT_ANNOTATION, "5s"),
                 ]),
+                &prefix_profile(),
                 &mut problems
             ),
             Some(PrefillBudgetSettings {
@@ -122,6 +149,7 @@ mod tests {
         let mut problems = Vec::new();
         let off = settings(
             &annotations(&[(PREFILL_BUDGET_ANNOTATION, "lots")]),
+            &prefix_profile(),
             &mut problems,
         );
         assert_eq!(off, None);
@@ -130,10 +158,17 @@ mod tests {
                 (PREFILL_BUDGET_ANNOTATION, "4096"),
                 (PREFILL_BUDGET_MAX_WAIT_ANNOTATION, "soon"),
             ]),
+            &prefix_profile(),
             &mut problems,
         );
+        let no_prefix_scorer = settings(
+            &annotations(&[(PREFILL_BUDGET_ANNOTATION, "8192")]),
+            &SchedulerProfile::parse("plugins: [{name: random}]").unwrap(),
+            &mut problems,
+        );
+        assert_eq!(no_prefix_scorer, None);
         assert_eq!(defaulted.map(|s| s.max_wait), Some(DEFAULT_MAX_WAIT));
-        assert_eq!(problems.len(), 2);
+        assert_eq!(problems.len(), 3);
         assert!(
             problems[0].1.contains(PREFILL_BUDGET_ANNOTATION) && problems[0].1.contains("\"lots\"")
         );

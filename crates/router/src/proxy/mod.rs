@@ -917,16 +917,17 @@ async fn proxy(
 
         let mut in_flight = endpoint.begin(token_estimate, prefill_estimate);
         // The prefill budget meters streamed whole requests (a pair's decoder computes no
-        // prompt); held ones still count as the endpoint's load above.
-        if let (Some(budget), true, None) = (compiled.prefill_budget, streamed, &routed.prefill) {
-            let (computes, reuses) = match &prefix_blocks {
-                Some(b) => {
-                    let cached = (cached_blocks as usize).min(b.hashes.len());
-                    let reuses = cached.checked_sub(1).map(|i| b.hashes[i]);
-                    (&b.hashes[cached..], reuses)
-                }
-                None => (&[][..], None),
-            };
+        // prompt) whose blocks are known (what they must compute); held ones still count as
+        // the endpoint's load above.
+        if let (Some(budget), true, None, Some(b)) = (
+            compiled.prefill_budget,
+            streamed,
+            &routed.prefill,
+            &prefix_blocks,
+        ) {
+            let cached = (cached_blocks as usize).min(b.hashes.len());
+            let reuses = cached.checked_sub(1).map(|i| b.hashes[i]);
+            let computes = &b.hashes[cached..];
             let ask = prefill_budget::Ask {
                 tokens: prefill_estimate,
                 computes,
