@@ -99,16 +99,6 @@ impl Policy {
             })
     }
 
-    /// Whether the router meters prefill for this policy (`prefill_budget`): the cache-aware
-    /// ones. The budget needs a prefix scorer to know what a request must compute (the router
-    /// refuses it otherwise), and for random, round-robin and least-request most requests are
-    /// cold: the engines are prefill-bound, and a budget only moves waiting from decode into
-    /// time to first token (random on the long shape: 0.9 s → 3.7 s mean TTFT, same
-    /// throughput), so they run without, as in Kthena's benchmark.
-    pub fn meters_prefill(self) -> bool {
-        self.is_cache_aware()
-    }
-
     /// Whether the policy is one of the cache-aware ones the goals are about.
     pub fn is_cache_aware(self) -> bool {
         matches!(self, Policy::PrefixLoad | Policy::KvEventsLoad)
@@ -213,7 +203,7 @@ pub struct Settings {
     /// `prefixCache.affinitySlack` of the cache-aware profiles; `None` keeps the router's default.
     pub affinity_slack: Option<f64>,
     /// `router.muster.dev/prefill-budget-tokens` of the policies that meter prefill
-    /// ([`Policy::meters_prefill`]); 0 runs every policy without.
+    /// ([`Policy::is_cache_aware`]); 0 runs every policy without.
     pub prefill_budget: u64,
     /// Workload and arrival seed.
     pub seed: u64,
@@ -750,7 +740,12 @@ async fn run_policy(
             policy,
             &engine_addrs,
             &kv_ports,
-            (policy.meters_prefill() && settings.prefill_budget > 0)
+            // The budget needs a prefix scorer to know what a request must compute (the
+            // router refuses it otherwise). With random, round-robin and least-request most
+            // requests are cold and the engines prefill-bound, where a budget only moves
+            // waiting from decode into TTFT (docs/benchmarks.md), so they run without, as in
+            // Kthena's benchmark.
+            (policy.is_cache_aware() && settings.prefill_budget > 0)
                 .then_some(settings.prefill_budget),
         )
     };
@@ -1311,7 +1306,7 @@ mod tests {
             ),
             "the server carries the budget: {metered}"
         );
-        assert!(Policy::PrefixLoad.meters_prefill() && !Policy::Random.meters_prefill());
+        assert!(Policy::PrefixLoad.is_cache_aware() && !Policy::Random.is_cache_aware());
     }
 
     #[test]

@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+/// Serializes a duration as seconds (`serde(serialize_with)`), as the debug endpoints show
+/// them.
+pub fn serialize_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// Parses a Go duration such as `30s`, `1m30s`, `1.5h`, `250ms`, `10us` or `0`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();

@@ -74,7 +74,7 @@ pub struct PdSettings {
     /// Prefill legs in flight per decode endpoint.
     pub max_prefill_per_decode: u32,
     /// Longest wait for a prefill slot.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::duration::serialize_seconds")]
     pub queue_timeout: Duration,
     /// Uncached prompt tokens on the decoder below which it serves the request alone.
     pub min_uncached_tokens: u64,
@@ -90,10 +90,6 @@ pub struct PdSettings {
     /// a pair (a conversation sticks to its decoder; the prefill side follows its cache).
     #[serde(skip)]
     pub prefill_profile: Arc<SchedulerProfile>,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// The connector a server's engines speak.

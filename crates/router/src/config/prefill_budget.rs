@@ -28,12 +28,8 @@ pub struct PrefillBudgetSettings {
     /// Tokens per endpoint.
     pub tokens: u64,
     /// Longest hold.
-    #[serde(serialize_with = "seconds")]
+    #[serde(serialize_with = "crate::duration::serialize_seconds")]
     pub max_wait: Duration,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// The budget from a server's annotations (`None`: none set, or `0`); problems are pushed as
