@@ -144,6 +144,10 @@ impl RequestRecord {
         if token_events == 0 {
             return;
         }
+        if let Some(f) = self.in_flight.as_ref() {
+            // A token is the end of an engine step, which the prefill budget paces by.
+            f.endpoint().prefill_budget.step_seen(now);
+        }
         match self.last_token {
             None => {
                 self.first_token = Some(now);
