@@ -142,9 +142,13 @@ struct RoutingArgs {
     #[arg(long)]
     affinity_slack: Option<f64>,
     /// Router prefill budget in tokens for the policies that keep prefixes together
-    /// (default 16384; 0: none)
+    /// (default 8192; 0: none)
     #[arg(long)]
     prefill_budget: Option<u64>,
+    /// Runs of the random baseline per scenario; its row is the median run (default 3, 1 with
+    /// --quick).
+    #[arg(long)]
+    random_runs: Option<usize>,
     /// Groups per scenario.
     #[arg(long)]
     groups: Option<usize>,
@@ -203,6 +207,8 @@ async fn routing(a: RoutingArgs) -> anyhow::Result<()> {
     s.prefix_weight = a.prefix_weight.unwrap_or(s.prefix_weight);
     s.affinity_slack = a.affinity_slack.or(s.affinity_slack);
     s.prefill_budget = a.prefill_budget.unwrap_or(s.prefill_budget);
+    s.random_runs = a.random_runs.unwrap_or(s.random_runs);
+    anyhow::ensure!(s.random_runs >= 1, "--random-runs must be at least 1");
     s.seed = a.seed.unwrap_or(s.seed);
     s.trace = a.trace.or(s.trace);
     for sc in &mut s.scenarios {

@@ -205,6 +205,11 @@ pub struct Settings {
     /// `router.muster.dev/prefill-budget-tokens` of the policies that meter prefill
     /// ([`Policy::is_cache_aware`]); 0 runs every policy without.
     pub prefill_budget: u64,
+    /// Times the `random` baseline runs per scenario. Its routing draws are unseeded, and its
+    /// mean TTFT moved by ±20 % between runs of one build (686–1,053 ms on the long shape), so
+    /// a ratio against a single run is partly luck; the row is the median run (by mean TTFT)
+    /// and every run is listed under the table.
+    pub random_runs: usize,
     /// Workload and arrival seed.
     pub seed: u64,
     /// Scenarios, in order.
@@ -258,10 +263,10 @@ impl Settings {
             prefix_fraction: 0.5,
             prefix_weight: 2.0,
             affinity_slack: None,
-            // Three long-shape prompts, a quarter of the engines' 65,536-token steps. On this
-            // workload 8192 (one prompt) left the engines idle between prompts, long enough
-            // to double the short shape's TTFT; 16384 and 32768 were alike (docs).
-            prefill_budget: 16384,
+            // One long-shape prompt per engine step: the shortest steps, so the most ordering
+            // (docs/benchmarks.md has the sweep).
+            prefill_budget: 8192,
+            random_runs: 3,
             seed: 1,
             scenarios: Scenario::all(long, short, pd),
             policies: Policy::ALL.to_vec(),
@@ -308,6 +313,7 @@ impl Settings {
             max_concurrency: 8,
             request_rate: 200.0,
             scenarios: Scenario::all(long, short, long),
+            random_runs: 1,
             quick: true,
             ..Settings::full()
         }
@@ -407,6 +413,15 @@ pub struct Measured {
     pub throughput_vs_oracle: Option<f64>,
 }
 
+/// One run of a repeated policy.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RunSummary {
+    /// Completed requests per model second.
+    pub req_per_s: f64,
+    /// Mean time to first token, model ms.
+    pub ttft_mean_ms: f64,
+}
+
 /// One row of a scenario's table.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyResult {
@@ -418,6 +433,9 @@ pub struct PolicyResult {
     pub profile: String,
     /// Results, unless skipped.
     pub measured: Option<Measured>,
+    /// Every run of a policy run more than once ([`Settings::random_runs`]), in run order;
+    /// `measured` is the median of them by mean TTFT. Empty for a single run.
+    pub runs: Vec<RunSummary>,
     /// Why it was not measured.
     pub skipped: Option<String>,
 }
@@ -502,9 +520,6 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
             .filter(|p| !scenario.pd || PD_POLICIES.contains(p))
             .collect();
         for (i, &policy) in policies.iter().enumerate() {
-            let dir = scratch.join(format!("{}-{}", scenario.name, policy.name()));
-            std::fs::create_dir_all(&dir)?;
-            let t = Instant::now();
             let profile = policy.profile(
                 settings.prefix_weight,
                 settings.block_size,
@@ -516,36 +531,71 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
                 kv_blocks,
                 pd: scenario.pd,
             };
-            let outcome = run_policy(bins, &settings, &workload, policy, &profile, &dir).await?;
-            let tag = format!(
-                "[{} {}/{}] {:<17}",
-                scenario.name,
-                i + 1,
-                policies.len(),
-                policy.name()
-            );
-            match &outcome {
-                Ok(m) => progress(&format!(
-                    "{tag} {:>6.2} req/s  TTFT mean {:>8.1} ms  p99 {:>8.1} ms  hit {:>5.1}%  per engine {:?}  errors {}  ({:.1} s wall)",
-                    m.req_per_s,
-                    m.ttft.mean_ms,
-                    m.ttft.p99_ms,
-                    m.cache_hit_rate * 100.0,
-                    m.requests_per_engine,
-                    m.errors,
-                    t.elapsed().as_secs_f64()
-                )),
-                Err(why) => progress(&format!("{tag} skipped: {why}")),
+            let repeats = if policy == Policy::Random {
+                settings.random_runs.max(1)
+            } else {
+                1
+            };
+            let mut measured_runs = Vec::new();
+            let mut skipped = None;
+            for k in 1..=repeats {
+                let mut name = format!("{}-{}", scenario.name, policy.name());
+                if k > 1 {
+                    name.push_str(&format!("-{k}"));
+                }
+                let dir = scratch.join(name);
+                std::fs::create_dir_all(&dir)?;
+                let t = Instant::now();
+                let outcome =
+                    run_policy(bins, &settings, &workload, policy, &profile, &dir).await?;
+                let mut tag = format!(
+                    "[{} {}/{}] {:<17}",
+                    scenario.name,
+                    i + 1,
+                    policies.len(),
+                    policy.name()
+                );
+                if repeats > 1 {
+                    tag.push_str(&format!(" run {k}/{repeats}"));
+                }
+                match outcome {
+                    Ok(m) => {
+                        progress(&format!(
+                            "{tag} {:>6.2} req/s  TTFT mean {:>8.1} ms  p99 {:>8.1} ms  hit {:>5.1}%  per engine {:?}  errors {}  ({:.1} s wall)",
+                            m.req_per_s,
+                            m.ttft.mean_ms,
+                            m.ttft.p99_ms,
+                            m.cache_hit_rate * 100.0,
+                            m.requests_per_engine,
+                            m.errors,
+                            t.elapsed().as_secs_f64()
+                        ));
+                        measured_runs.push(m);
+                    }
+                    Err(why) => {
+                        progress(&format!("{tag} skipped: {why}"));
+                        skipped = Some(why);
+                        break;
+                    }
+                }
             }
-            let (measured, skipped) = match outcome {
-                Ok(m) => (Some(m), None),
-                Err(why) => (None, Some(why)),
+            let runs = if measured_runs.len() > 1 {
+                measured_runs
+                    .iter()
+                    .map(|m| RunSummary {
+                        req_per_s: m.req_per_s,
+                        ttft_mean_ms: m.ttft.mean_ms,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
             };
             results.push(PolicyResult {
                 policy,
                 name: policy.name(),
                 profile,
-                measured,
+                measured: median_by_ttft(measured_runs),
+                runs,
                 skipped,
             });
         }
@@ -568,6 +618,13 @@ pub async fn run(bins: &Binaries, settings: Settings, scratch: &Path) -> anyhow:
         settings,
         scenarios,
     })
+}
+
+/// The run with the median mean TTFT (the lower middle one of an even count).
+fn median_by_ttft(mut runs: Vec<Measured>) -> Option<Measured> {
+    runs.sort_by(|a, b| a.ttft.mean_ms.total_cmp(&b.ttft.mean_ms));
+    let mid = runs.len().saturating_sub(1) / 2;
+    runs.into_iter().nth(mid)
 }
 
 /// Starts one engine.
@@ -1152,6 +1209,17 @@ the other policies and the PD scenario run without.",
                 )),
             }
         }
+        for p in sc.policies.iter().filter(|p| !p.runs.is_empty()) {
+            let list =
+                |f: fn(&RunSummary) -> String| p.runs.iter().map(f).collect::<Vec<_>>().join(" / ");
+            out.push_str(&format!(
+                "\n{} ran {} times, the row is the median by mean TTFT: mean TTFT {} ms, {} req/s.\n",
+                p.name,
+                p.runs.len(),
+                list(|r| format!("{:.1}", r.ttft_mean_ms)),
+                list(|r| format!("{:.2}", r.req_per_s)),
+            ));
+        }
         if !sc.goals.is_empty() {
             out.push_str("\n| goal | measured | met |\n|---|---:|:---:|\n");
             for g in &sc.goals {
@@ -1333,9 +1401,9 @@ mod tests {
             .any(|s| s.pd && s.shape.system_len == 4096));
     }
 
-    #[test]
-    fn goals_compare_against_random_and_oracle_and_report_skips() {
-        let m = |rps: f64, ttft: f64| Measured {
+    /// A measurement with throughput `rps` and mean TTFT `ttft` (after the burst: half).
+    fn m(rps: f64, ttft: f64) -> Measured {
+        Measured {
             completed: 1,
             errors: 0,
             first_error: None,
@@ -1368,12 +1436,27 @@ mod tests {
             ttft_vs_random: None,
             ttft_after_burst_vs_random: None,
             throughput_vs_oracle: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_repeated_baseline_is_its_median_run() {
+        let runs = vec![m(30.0, 900.0), m(29.0, 700.0), m(31.0, 1000.0)];
+        let mid = median_by_ttft(runs).unwrap();
+        assert_eq!((mid.req_per_s, mid.ttft.mean_ms), (30.0, 900.0));
+        let two = median_by_ttft(vec![m(1.0, 800.0), m(2.0, 600.0)]).unwrap();
+        assert_eq!(two.ttft.mean_ms, 600.0, "the lower middle of an even count");
+        assert!(median_by_ttft(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn goals_compare_against_random_and_oracle_and_report_skips() {
         let row = |policy: Policy, measured: Option<Measured>| PolicyResult {
             policy,
             name: policy.name(),
             profile: String::new(),
             measured,
+            runs: Vec::new(),
             skipped: Some("not offered".into()),
         };
         let mut rows = vec![
