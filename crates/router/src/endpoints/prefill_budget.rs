@@ -544,7 +544,7 @@ mod tests {
             "ticket 0 is in the running step"
         );
         assert_eq!(
-            b.step_seen(c.at(30)),
+            b.step_seen(c.at(28)),
             Vec::<u64>::new(),
             "ticket 1 is queued for the next step"
         );
