@@ -577,3 +577,77 @@ async fn pairs_inside_a_group_prefer_a_prefill_on_the_decoders_node() {
         );
     }
 }
+
+/// `in_flight_requests` of every endpoint in `/debug/endpoints`, by name.
+async fn in_flight(router: &Router) -> std::collections::BTreeMap<String, u64> {
+    let v = get(router.admin, "/debug/endpoints").await.json();
+    let mut out = std::collections::BTreeMap::new();
+    for list in ["endpoints", "prefill_endpoints"] {
+        for e in v[0][list].as_array().unwrap() {
+            out.insert(
+                e["name"].as_str().unwrap().to_string(),
+                e["in_flight_requests"].as_u64().unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// A request waiting for a prefill slot is load on its decoder and its prefill endpoint, so a
+/// decoder with a long queue never looks idle to the scorers; pairs under a burst spread
+/// evenly over the groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_for_a_prefill_slot_count_as_load_and_bursts_spread_over_groups() {
+    // Slow prefills: ~2,000 prompt tokens take about a second.
+    let slow: &[&str] = &["--time-scale", "0.05"];
+    let fast: &[&str] = &["--time-scale", "50"];
+    let annotations = [
+        ("router.muster.dev/pd-min-uncached-tokens", "0"),
+        ("router.muster.dev/max-prefill-per-decode", "1"),
+        ("router.muster.dev/prefill-queue-timeout", "60s"),
+    ];
+    // Bound by name: `..` would drop (and kill) the engines at the end of this statement.
+    let TwoGroups {
+        router,
+        engines: _engines,
+        ..
+    } = start_two_groups([slow, fast, slow, fast], "vLLM", "nixl", &annotations).await;
+    let addr = router.addr;
+    let send = |i: usize| {
+        tokio::spawn(async move {
+            let r = post(
+                addr,
+                "/v1/chat/completions",
+                &chat("m", &prompt(3000 + i, 800), 4, false),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            header(&r, "x-muster-endpoint").unwrap().to_string()
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        tasks.push(send(i));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One leg per decoder is computing, two are queued behind it: all six count.
+    let counts = in_flight(&router).await;
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        12,
+        "each request counts on its decoder and its prefill endpoint: {counts:?}"
+    );
+    for (name, n) in &counts {
+        assert_eq!(*n, 3, "{name} carries three of the six: {counts:?}");
+    }
+    let mut decoders = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        *decoders.entry(t.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        decoders.values().copied().collect::<Vec<_>>(),
+        [3, 3],
+        "{decoders:?}"
+    );
+    assert!(in_flight(&router).await.values().all(|n| *n == 0));
+}

@@ -769,6 +769,11 @@ async fn proxy(
             (None, None) => token_estimate,
         };
 
+        // Counted from here, before any wait for a prefill slot: a request queued for this
+        // decoder is load on it, or the scorers would see a decoder with a long queue as idle
+        // and send it more (the PD benchmark's opening burst put 239 of 300 on one group).
+        let mut in_flight = endpoint.begin(token_estimate, prefill_estimate);
+
         // PD: the prefill leg, bounded per decoder; its outcome decides the decode leg's body.
         let mut try_body = upstream_body.clone();
         let mut prefill_task: Option<pd::BootstrapTask> = None;
@@ -779,6 +784,16 @@ async fn proxy(
             prefill_tried.push(prefill.index);
             record.prefill_endpoint = Some(prefill_ep.name.clone());
             record.attempts = attempt + 1;
+            // The leg counts on its prefill endpoint (and the index learns the route) while
+            // it waits for a slot too, for the same reason as the decoder above.
+            let prefill_tokens = match &prefix_blocks {
+                Some(b) => {
+                    prefill_ep.prefix.record_routed(&b.hashes, Instant::now());
+                    b.uncached_tokens(*prefill_cached)
+                }
+                None => prompt_estimate,
+            } + 1;
+            let prefill_in_flight = prefill_ep.begin(prefill_tokens, prefill_tokens);
             let waiting = Instant::now();
             let permit = match endpoint
                 .prefill_gate
@@ -806,14 +821,6 @@ async fn proxy(
                 .pd_prefill_queue_wait
                 .with_label_values(&[&server_label])
                 .observe(waiting.elapsed().as_secs_f64());
-            let prefill_tokens = match &prefix_blocks {
-                Some(b) => {
-                    prefill_ep.prefix.record_routed(&b.hashes, Instant::now());
-                    b.uncached_tokens(*prefill_cached)
-                }
-                None => prompt_estimate,
-            } + 1;
-            let prefill_in_flight = prefill_ep.begin(prefill_tokens, prefill_tokens);
             let mut leg = pd::PrefillLeg {
                 client: client.clone(),
                 endpoint: prefill_ep.clone(),
@@ -915,7 +922,6 @@ async fn proxy(
         // HTTP/1.1's Host is set by the pool, from the URI's authority.
         *upstream_req.headers_mut() = headers;
 
-        let mut in_flight = endpoint.begin(token_estimate, prefill_estimate);
         // The prefill budget meters streamed whole requests (a pair's decoder computes no
         // prompt) whose blocks are known (what they must compute); held ones still count as
         // the endpoint's load above.
