@@ -4,7 +4,7 @@
 # generated-shared-prefix workload (Kthena's long shape as published, its short shape and a
 # prefill/decode scenario with fewer prompts per group), through the real muster-router to
 # muster-engine-sim processes modelling Kthena's model and vLLM flags, all on loopback, all in
-# one run. Writes target/bench/routing.{json,md,png} and prints the tables. About 35 minutes.
+# one run. Writes target/bench/routing.{json,md,png} and prints the tables. About 50 minutes.
 #
 # Extra arguments go to `muster-bench routing` (e.g. --quick for a smoke run of seconds,
 # --scenarios long, --policies random,oracle); `make bench-routing BENCH_ROUTING_ARGS=--quick`.
