@@ -500,6 +500,42 @@ until [ "$(ready_nodes)" -ge $((SPINES * RACKS * NODES)) ]; do
   sleep 0.5
 done
 
+# kwok v0.7.0 makes its pod IP pool on first use, and two pods given IPs at the same moment can
+# each make one (PodController.ipPool loads, misses and stores without a lock): both pools start
+# at the first address, so two pods share an IP. Seen in `make demo`: a prefill and a decode pod
+# both 127.1.0.1, and only one engine could listen there. One pod given an IP here, before
+# anything else can ask, makes the pool; deleting it hands its address back.
+if [ $((SPINES * RACKS * NODES)) -gt 0 ]; then
+  warmup_pod() {
+    cl_kubectl create -f - >/dev/null 2>&1 <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: muster-kwok-ip-pool
+  namespace: default
+spec:
+  nodeName: node-s0-r0-n0
+  automountServiceAccountToken: false
+  containers:
+  - name: pause
+    image: kwok.invalid/pause
+EOF
+  }
+  pod_ip() { cl_kubectl get pod -n default muster-kwok-ip-pool -o jsonpath='{.status.podIP}' 2>/dev/null; }
+  deadline=$((SECONDS + 30))
+  # Retried: the ServiceAccount admission plugin refuses pods until the "default" account exists.
+  until warmup_pod; do
+    [ $SECONDS -lt $deadline ] || fail kwok "could not create the pod that makes kwok's IP pool"
+    sleep 0.5
+  done
+  until [ -n "$(pod_ip)" ]; do
+    [ $SECONDS -lt $deadline ] || fail kwok "kwok gave pod default/muster-kwok-ip-pool no IP within 30s"
+    sleep 0.2
+  done
+  cl_kubectl delete pod -n default muster-kwok-ip-pool --wait=true --timeout=30s >/dev/null ||
+    fail kwok "deleting pod default/muster-kwok-ip-pool failed"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # vc-scheduler. It creates the "root" and "default" Queues itself; only vc-controller-manager
 # would open them, so their status is patched to Open here (the shipped config also leaves out

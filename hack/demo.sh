@@ -311,6 +311,8 @@ cl_kubectl get pods -n "$NS" -l "modelserving.muster.dev/name=$MS" \
   -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP} {.metadata.labels.pd-role} {.spec.nodeName} {.metadata.labels.modelserving\.muster\.dev/group-name}{"\n"}{end}' \
   >"$DEMO/pods.txt"
 [ "$(wc -l <"$DEMO/pods.txt")" -eq 4 ] || die "expected 4 pods, got: $(cat "$DEMO/pods.txt")"
+shared_ips=$(awk '{print $2}' "$DEMO/pods.txt" | sort | uniq -d | xargs)
+[ -z "$shared_ips" ] || die "kwok gave more than one pod the IP $shared_ips: $(cat "$DEMO/pods.txt")"
 while read -r pod ip role node _group; do
   case $ip in 127.*) ;; *) die "pod $pod has IP '$ip', outside 127.0.0.0/8: refusing to send traffic there" ;; esac
   spawn "engine-$pod" "$LOGS/engine-$pod.log" env RUST_LOG=warn \
@@ -320,6 +322,8 @@ done <"$DEMO/pods.txt"
 while read -r pod ip _; do
   CURRENT_LOG=$LOGS/engine-$pod.log
   wait_until 30 "engine-$pod" http_ok "http://$ip:$ENGINE_PORT/health"
+  # The health check alone would also pass if another process answered on that address.
+  alive "engine-$pod" || die "muster-engine-sim for $pod exited"
 done <"$DEMO/pods.txt"
 
 # ---------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ async fn gang_binds_nothing_until_the_whole_gang_fits() {
         8,
         "8 GPUs per pod means one pod per node: {used:?}"
     );
-    // kwok runs them with loopback pod IPs only.
+    // kwok runs them with loopback pod IPs only, one IP per pod.
     let running = wait_for(
         Duration::from_secs(30),
         "pods Running with pod IPs",
@@ -156,6 +156,8 @@ async fn gang_binds_nothing_until_the_whole_gang_fits() {
         running.iter().all(|ip| ip.starts_with("127.")),
         "pod IPs outside loopback: {running:?}"
     );
+    let distinct: BTreeSet<_> = running.iter().collect();
+    assert_eq!(distinct.len(), 8, "pods share an IP: {running:?}");
 }
 
 #[tokio::test]
