@@ -172,5 +172,15 @@ mod tests {
             problems[1].1.contains(PREFILL_BUDGET_MAX_WAIT_ANNOTATION)
                 && problems[1].1.contains("\"soon\"")
         );
+        assert!(
+            problems[2].1.contains(PREFILL_BUDGET_ANNOTATION)
+                && problems[2].1.contains("\"8192\"")
+                && problems[2].1.contains("prefix-cache or kv-events scorer"),
+            "{}",
+            problems[2].1
+        );
+        assert!(problems
+            .iter()
+            .all(|(reason, _)| *reason == "InvalidPrefillBudget"));
     }
 }
